@@ -1,0 +1,54 @@
+"""Tiny test images: PNGs that are all different, and DICOM files carrying patient tags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+PATIENT_NAME = "Doe^Jane"
+PATIENT_ID = "PID-7734-SECRET"
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> Path:
+    """Save `pixels` (uint8/uint16, H x W) as a DX DICOM with identifying patient tags."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = "19580214"
+    ds.InstitutionName = "St Example Hospital"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    bits = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsAllocated = bits
+    ds.BitsStored = tags.pop("BitsStored", bits)
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_png(path: Path, seed: int, size: int = 32, sixteen_bit: bool = False) -> Path:
+    """A noise-textured 8-bit (or 16-bit) grayscale PNG; different seeds never look alike."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (8, 8)).astype(np.uint8)
+    pixels = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BILINEAR))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint16) * 257 if sixteen_bit else pixels).save(path)
+    return path
