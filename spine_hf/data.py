@@ -1,0 +1,219 @@
+"""Grade folders -> a Hugging Face `datasets.DatasetDict` (`spine-hf data convert`), and back to disk.
+
+Every image goes through the project's decoder on the way in, so the dataset holds canonical
+8-bit grayscale images: 16-bit PNG and DICOM are converted once here, never again at training
+time. Files that already are plain 8-bit grayscale PNG/JPEG without metadata keep their bytes.
+The rows are handed to datasets' ``imagefolder`` builder through a ``metadata.jsonl`` that names the
+label explicitly, so no label is inferred from folder names or dropped for uneven depths.
+
+DICOM files leave nothing of their header behind: the pixels are re-encoded as PNG and the row is
+named after a hash of the pixels, never after the file (whose name may hold a UID or a name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spine_hf.grades import GRADE_NAMES, NUM_GRADES, grade_folder
+from spine_hf.imaging import ImageDecodeError, decode
+from spine_hf.layout import (
+    STRUCTURAL_ERRORS,
+    DatasetLayoutError,
+    ImageEntry,
+    Problem,
+    display_path,
+    require_usable,
+    scan,
+)
+
+logger = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def dataset_features():
+    """The features of every dataset this project writes: image, grade label, source file."""
+    from datasets import ClassLabel, Features, Image, Value
+
+    return Features({"image": Image(), "label": ClassLabel(names=list(GRADE_NAMES)), "file": Value("string")})
+
+
+@dataclass
+class ConvertReport:
+    """What `convert_to_dataset` wrote."""
+
+    out: Path
+    # split -> grade -> rows
+    counts: dict[str, list[int]]
+    # Files whose bytes were kept / re-encoded to canonical PNG / DICOM files de-identified.
+    kept: int = 0
+    reencoded: int = 0
+    dicom: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images(self) -> int:
+        return sum(sum(row) for row in self.counts.values())
+
+
+@dataclass(frozen=True)
+class _Staged:
+    split: str
+    grade: int
+    file_name: str  # relative to the split's staging folder
+    file: str  # the `file` column
+    how: str  # "kept", "reencoded" or "dicom"
+
+
+def convert_to_dataset(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = True,
+    workers: int | None = None,
+):
+    """Build and save a `DatasetDict` (train/validation/test) from a split tree.
+
+    Args:
+        root: ``ROOT/{train,val,test}/<grade folder>/...``.
+        out: where `save_to_disk` writes; must not exist or be empty unless `overwrite`.
+        overwrite: replace an existing `out` (only once the new dataset is complete).
+        push_to_hub: a repo id to push the dataset to (needs a token from ``hf auth login`` or
+            ``HF_TOKEN``).
+        private: create the Hub repo as private.
+        workers: decoding threads (default: one per CPU).
+
+    Returns:
+        The `ConvertReport`; the dataset itself is at `out` (``datasets.load_from_disk``).
+
+    Raises:
+        DatasetLayoutError: the tree is not a split tree, has folders of unknown grade, or files
+            that cannot be decoded (all are listed; nothing is written).
+    """
+    import datasets
+
+    start = time.perf_counter()
+    root, out = Path(root), Path(out)
+    layout = scan(root)
+    if layout.kind != "splits":
+        raise DatasetLayoutError(
+            root,
+            [Problem("error", "not_split", ".", "has no train/val/test folders; run `spine-hf data split` first")],
+        )
+    require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    report = ConvertReport(out, counts={})
+    report.problems = [p for p in layout.problems if p.severity != "info"]
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        staging.mkdir(parents=True)
+        staged = _stage_all(layout.images, staging, workers)
+        failures = [s for s in staged if isinstance(s, Problem)]
+        if failures:
+            raise DatasetLayoutError(root, failures)
+        rows = [s for s in staged if isinstance(s, _Staged)]
+        data_files = {}
+        for split in SPLIT_NAMES:
+            split_rows = [r for r in rows if r.split == split]
+            if not split_rows:
+                continue
+            _write_metadata(staging / split, split_rows)
+            data_files[split] = str(staging / split / "**")
+            report.counts[split] = np.bincount([r.grade for r in split_rows], minlength=NUM_GRADES).tolist()
+        for how in ("kept", "reencoded", "dicom"):
+            setattr(report, how, sum(r.how == how for r in rows))
+        dataset = datasets.load_dataset(
+            "imagefolder", data_files=data_files, features=dataset_features(), cache_dir=str(staging / ".cache")
+        )
+        for split, split_counts in report.counts.items():
+            if dataset[split].num_rows != sum(split_counts):  # imagefolder must not drop a row
+                raise RuntimeError(
+                    f"imagefolder built {dataset[split].num_rows} rows for {split}, expected {sum(split_counts)}"
+                )
+        dataset.save_to_disk(str(partial))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)  # the dataset appears under its name only once complete
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    if push_to_hub:
+        datasets.load_from_disk(str(out)).push_to_hub(push_to_hub, private=private)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def load_grade_dataset(path: str | os.PathLike):
+    """Load a dataset written by `convert_to_dataset` and check that it has the grade labels."""
+    import datasets
+
+    dataset = datasets.load_from_disk(str(path))
+    for split, part in dataset.items():
+        label = part.features.get("label")
+        if "image" not in part.features or getattr(label, "names", None) != list(GRADE_NAMES):
+            raise ValueError(
+                f"{path} ({split}) is not a spine-hf dataset: expected an image column and a label ClassLabel "
+                f"named {list(GRADE_NAMES)}, found {part.features}; build it with `spine-hf data convert`"
+            )
+    return dataset
+
+
+def _stage_all(entries: Iterable[ImageEntry], staging: Path, workers: int | None) -> list[_Staged | Problem]:
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda item: _stage(item[1], item[0], staging), enumerate(entries)))
+
+
+def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
+    """Decode one file and lay its canonical bytes in the staging tree."""
+    try:
+        decoded = decode(entry.path)
+    except ImageDecodeError as err:
+        return Problem("error", err.kind, display_path(entry.rel), f"{err.problem}. {err.fix}")
+    # One folder per row keeps every name unique while the file keeps its own name, which
+    # `save_to_disk` stores as the image's path.
+    folder = Path(grade_folder(entry.grade)) / f"{index:07d}"
+    (staging / entry.split / folder).mkdir(parents=True, exist_ok=True)
+    name = entry.path.name
+    in_split = entry.rel.split("/", 1)[1]
+    if decoded.format == "DICOM":
+        digest = hashlib.sha256(np.asarray(decoded.image).tobytes()).hexdigest()[:16]
+        name = f"dicom-{digest}.png"
+        in_split = f"{grade_folder(entry.grade)}/{name}"
+        how = "dicom"
+    elif decoded.canonical_source:
+        how = "kept"
+    else:
+        name = name if name.lower().endswith(".png") else f"{Path(name).stem}.png"
+        how = "reencoded"
+    target = staging / entry.split / folder / name
+    if how == "kept":
+        try:
+            os.link(entry.path, target)
+        except OSError:
+            shutil.copyfile(entry.path, target)
+    else:
+        decoded.image.save(target, format="PNG", compress_level=1)
+    return _Staged(entry.split, entry.grade, (folder / name).as_posix(), in_split, how)
+
+
+def _write_metadata(folder: Path, rows: list[_Staged]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "metadata.jsonl").open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps({"file_name": row.file_name, "label": row.grade, "file": row.file}) + "\n")
