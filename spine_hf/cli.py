@@ -1,0 +1,220 @@
+"""The `spine-hf` command: parse arguments, call the library, print a report. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from spine_hf.grades import GRADE_NAMES, NUM_GRADES
+
+EXIT_OK, EXIT_PROBLEMS = 0, 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_PROBLEMS
+    try:
+        return args.handler(args)
+    except (ValueError, OSError, RuntimeError) as err:
+        # Library errors already name the file and the fix: show them without a traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_PROBLEMS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spine-hf", description="Grade spine radiographs with Hugging Face tools.")
+    commands = parser.add_subparsers(title="commands")
+    data = commands.add_parser("data", help="check, organise, split and convert image folders")
+    data_commands = data.add_subparsers(title="data commands")
+
+    init = data_commands.add_parser("init", help="create train|val|test/grade_0..grade_4")
+    init.add_argument("dir")
+    init.set_defaults(handler=_init)
+
+    organize = data_commands.add_parser("organize", help="sort a flat pool into grade folders from a CSV")
+    organize.add_argument("--images", required=True, help="folder holding the images")
+    organize.add_argument("--labels", required=True, help="CSV: file,grade[,patient_id]; grades 0-4 or names")
+    organize.add_argument("--out", required=True, help="pool to write: OUT/grade_N/")
+    organize.add_argument("--move", action="store_true", help="move the files instead of copying them")
+    organize.set_defaults(handler=_organize)
+
+    split = data_commands.add_parser("split", help="stratified, patient-grouped train/val/test split")
+    split.add_argument("source", help="pool of grade folders")
+    split.add_argument("out", help="new folder for OUT/{train,val,test}/grade_N")
+    split.add_argument("--ratios", default="0.7,0.15,0.15", help="train,val,test fractions (default 0.7,0.15,0.15)")
+    split.add_argument("--seed", type=int, default=42)
+    group = split.add_mutually_exclusive_group()
+    group.add_argument("--group-regex", help=r"patient id from the file name, e.g. '^(\d+)'")
+    group.add_argument("--groups", help="CSV with file and patient_id columns (default: SOURCE/patients.csv)")
+    split.add_argument("--move", action="store_true", help="move the files instead of copying them")
+    split.set_defaults(handler=_split)
+
+    verify = data_commands.add_parser("verify", help="check a dataset folder; exit 1 on errors")
+    verify.add_argument("dir")
+    verify.add_argument("--json", help="also write the report as JSON to this file")
+    verify.add_argument("--group-regex", help="patient id from the file name, to check patient leakage")
+    verify.add_argument("--max-listed", type=int, default=30, help="problems printed per severity (default 30)")
+    verify.set_defaults(handler=_verify)
+
+    convert = data_commands.add_parser("convert", help="split tree -> datasets.DatasetDict on disk")
+    convert.add_argument("dir")
+    convert.add_argument("out")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUT once the new dataset is complete")
+    convert.add_argument("--push-to-hub", metavar="REPO", help="also push the dataset to this Hub repo")
+    convert.add_argument("--public", action="store_true", help="create the Hub repo as public (default private)")
+    convert.set_defaults(handler=_convert)
+
+    phantoms = data_commands.add_parser("phantoms", help="synthetic lumbar-spine radiographs of every grade")
+    phantoms.add_argument("out")
+    phantoms.add_argument("--per-grade", type=int, default=40)
+    phantoms.add_argument("--seed", type=int, default=0)
+    phantoms.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
+    phantoms.add_argument("--share-16bit", type=float, default=0.25, help="fraction written as 16-bit PNG")
+    phantoms.set_defaults(handler=_phantoms)
+    return parser
+
+
+# ------------------------------------------------------------------------------------- handlers
+
+
+def _init(args) -> int:
+    from spine_hf.dataset_tools import init_dataset
+
+    created = init_dataset(args.dir)
+    print(f"{args.dir}: created {len(created)} folders" if created else f"{args.dir}: the layout already exists")
+    return EXIT_OK
+
+
+def _organize(args) -> int:
+    from spine_hf.dataset_tools import organize
+
+    report = organize(args.images, args.labels, args.out, move=args.move)
+    _print_problems(report.problems, 50)
+    print(_grade_table({"placed": report.placed, "already there": report.present}))
+    verb = "moved" if args.move else "copied"
+    print(
+        f"{report.rows} CSV rows: {sum(report.placed)} {verb}, {sum(report.present)} already in place, "
+        f"{len(report.errors)} errors; {report.seconds:.2f} s"
+    )
+    return EXIT_PROBLEMS if report.errors else EXIT_OK
+
+
+def _split(args) -> int:
+    from spine_hf.dataset_tools import parse_ratios, split_dataset
+
+    report = split_dataset(
+        args.source,
+        args.out,
+        ratios=parse_ratios(args.ratios),
+        seed=args.seed,
+        group_regex=args.group_regex,
+        groups_csv=args.groups,
+        move=args.move,
+    )
+    _print_problems(report.problems, 30)
+    print(_grade_table(report.counts, groups=report.groups))
+    images = sum(sum(c) for c in report.counts.values())
+    print(
+        f"grouped by {report.grouping}; {images} images in {sum(report.groups.values())} groups; "
+        f"{report.seconds:.2f} s ({images / max(report.seconds, 1e-9):.0f} img/s)"
+    )
+    return EXIT_OK
+
+
+def _verify(args) -> int:
+    from spine_hf.verify import verify_dataset
+
+    report = verify_dataset(args.dir, group_regex=args.group_regex)
+    _print_problems(report.problems, args.max_listed)
+    print(_grade_table(report.counts))
+    print(f"patient leakage checked with {report.patients}" if report.patients else "patient leakage not checked")
+    status = "OK" if report.ok else "FAILED"
+    print(
+        f"{status}: {report.images} readable images, {len(report.errors)} errors, {len(report.warnings)} warnings; "
+        f"{report.seconds:.2f} s ({report.images / max(report.seconds, 1e-9):.0f} img/s)"
+    )
+    if args.json:
+        report.write_json(args.json)
+        print(f"report written to {args.json}")
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _convert(args) -> int:
+    from spine_hf.data import convert_to_dataset
+
+    report = convert_to_dataset(
+        args.dir, args.out, overwrite=args.overwrite, push_to_hub=args.push_to_hub, private=not args.public
+    )
+    _print_problems(report.problems, 30)
+    print(_grade_table(report.counts))
+    print(
+        f"wrote {report.images} images to {report.out} (datasets.load_from_disk): {report.kept} kept as they were, "
+        f"{report.reencoded} re-encoded to 8-bit grayscale PNG, {report.dicom} DICOM de-identified; "
+        f"{report.seconds:.2f} s ({report.images / max(report.seconds, 1e-9):.0f} img/s)"
+    )
+    if args.push_to_hub:
+        print(
+            f"pushed to https://huggingface.co/datasets/{args.push_to_hub} ({'public' if args.public else 'private'})"
+        )
+    return EXIT_OK
+
+
+def _phantoms(args) -> int:
+    from spine_hf.phantoms import make_phantoms
+
+    report = make_phantoms(
+        args.out, per_grade=args.per_grade, seed=args.seed, size=args.size, share_16bit=args.share_16bit
+    )
+    print(_grade_table({"images": report.counts}))
+    print(
+        f"{sum(report.counts)} synthetic phantoms of {report.patients} patients ({report.sixteen_bit} as 16-bit PNG) "
+        f"in {report.out}; {report.seconds:.2f} s. Synthetic drawings, not patient images."
+    )
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------- formatting
+
+
+def _grade_table(rows: dict[str, list[int]], groups: dict[str, int] | None = None) -> str:
+    """A grade x row table with totals, e.g. splits as rows."""
+    header = ["", *(f"{g} {GRADE_NAMES[g]}" for g in range(NUM_GRADES)), "total"]
+    if groups is not None:
+        header.append("patients")
+    body = []
+    for name, counts in rows.items():
+        line = [name, *(str(c) for c in counts), str(sum(counts))]
+        if groups is not None:
+            line.append(str(groups.get(name, 0)))
+        body.append(line)
+    if len(rows) > 1:
+        totals = [sum(c[g] for c in rows.values()) for g in range(NUM_GRADES)]
+        line = ["total", *(str(t) for t in totals), str(sum(totals))]
+        if groups is not None:
+            line.append(str(sum(groups.values())))
+        body.append(line)
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        for row in [header, *body]
+    ]
+    return "\n".join(lines)
+
+
+def _print_problems(problems, limit: int) -> None:
+    for severity in ("error", "warning"):
+        chosen = [p for p in problems if p.severity == severity]
+        for problem in chosen[:limit]:
+            print(f"{severity.upper():7s} [{problem.code}] {problem.path}: {problem.message}")
+        if len(chosen) > limit:
+            print(f"{severity.upper():7s} ... and {len(chosen) - limit} more (see --json for all)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

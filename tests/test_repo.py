@@ -1,0 +1,40 @@
+"""The promises the repository makes about itself."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import REPO
+
+
+def _readme_test_command() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```", readme, re.DOTALL)
+    assert match, "README.md must mark its test command with <!-- test-command -->"
+    return match.group(1).strip()
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    command = _readme_test_command()
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert command in ci_lines
+
+
+def test_readme_maps_every_module():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for module in sorted((REPO / "spine_hf").glob("*.py")):
+        if module.name != "__init__.py":
+            assert f"spine_hf/{module.name}" in readme, f"README does not map {module.name}"
+
+
+def test_readme_says_research_use_only():
+    assert "not a medical device" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_importing_the_package_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, spine_hf.cli; print(sorted(m for m in ('torch', 'datasets', 'timm') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
