@@ -35,6 +35,7 @@ from spine_hf.layout import (
     display_path,
     require_usable,
     scan,
+    tolerated_problems,
 )
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def convert_to_dataset(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     report = ConvertReport(out, counts={})
-    report.problems = [p for p in layout.problems if p.severity != "info"]
+    report.problems = tolerated_problems(layout)
     staging = out.parent / f".{out.name}.staging-{os.getpid()}"
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:

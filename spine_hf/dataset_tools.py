@@ -31,6 +31,7 @@ from spine_hf.layout import (
     read_patients,
     require_usable,
     scan,
+    tolerated_problems,
     write_patients,
 )
 
@@ -335,7 +336,7 @@ def split_dataset(
     require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; choose a new output folder")
-    problems = [p for p in layout.problems if p.severity != "info"]
+    problems = tolerated_problems(layout)
     groups, grouping = _groups_for(layout.images, source, group_regex, groups_csv)
     if grouping == "none":
         problems.append(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from spine_hf.grades import parse_grade
@@ -146,6 +146,22 @@ def require_usable(layout: Layout, blocking: frozenset[str]) -> None:
     bad = [p for p in layout.problems if p.severity == "error" and p.code in blocking]
     if bad:
         raise DatasetLayoutError(layout.root, bad)
+
+
+def tolerated_problems(layout: Layout) -> list[Problem]:
+    """The problems to show when a command reads the tree itself (after `require_usable`).
+
+    Such a command takes labels from the grade folders, so nested folders and stray metadata files
+    do not hurt it; they stay visible as warnings because other tools (imagefolder) would drop labels.
+    """
+    shown = []
+    for problem in layout.problems:
+        if problem.severity == "info":
+            continue
+        if problem.severity == "error":
+            problem = replace(problem, severity="warning", message=f"{problem.message} (handled here)")
+        shown.append(problem)
+    return shown
 
 
 # Problems no command can work around: it would not know which grade or split a file belongs to.

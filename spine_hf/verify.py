@@ -30,6 +30,9 @@ from spine_hf.layout import ImageEntry, Layout, Problem, display_path, read_pati
 # of the same image stay above 0.998.
 NEAR_DUPLICATE_SIMILARITY = 0.995
 FINGERPRINT_SIDE = 32
+# Near-duplicate pairs listed one by one; past this, a count (a folder of near-identical images
+# would otherwise produce a quadratic report).
+MAX_NEAR_PAIRS = 500
 # Thumbnail statistics (0..255) below / above which an image is flagged.
 NEAR_BLANK_STD = 3.0
 DARK_MEAN = 20.0
@@ -258,7 +261,19 @@ def _duplicate_problems(facts: dict[ImageEntry, ImageFacts], similarity: float) 
     exact = {e for group in by_hash.values() if len(group) > 1 for e in group}
     entries = [e for e in facts if e not in exact]
     fingerprints = np.stack([facts[e].fingerprint for e in entries]) if entries else np.zeros((0, 1), np.float32)
-    for i, j in _near_pairs(fingerprints, similarity):
+    pairs = _near_pairs(fingerprints, similarity)
+    if len(pairs) > MAX_NEAR_PAIRS:
+        problems.append(
+            Problem(
+                "warning",
+                "near_duplicate",
+                ".",
+                f"{len(pairs)} near-duplicate pairs; the first {MAX_NEAR_PAIRS} are listed (cross-split ones first)",
+            )
+        )
+        pairs.sort(key=lambda pair: entries[pair[0]].split == entries[pair[1]].split)
+        pairs = pairs[:MAX_NEAR_PAIRS]
+    for i, j in pairs:
         a, b = entries[i], entries[j]
         across = a.split != b.split
         problems.append(

@@ -144,3 +144,16 @@ def test_phantom_split_verifies_clean(phantom_split):
     assert report.patients and "patients.csv" in report.patients
     assert sum(map(sum, report.counts.values())) == 30
     assert np.all(np.array(report.counts["train"]) > 0)
+
+
+def test_a_flood_of_near_duplicates_is_summarised(tmp_path, monkeypatch):
+    import spine_hf.verify as verify
+
+    root = _clean_tree(tmp_path / "ds")
+    source = Image.open(write_png(root / "train" / "grade_2" / "big.png", seed=78, size=160))
+    for i, split in enumerate(["train", "val", "test"]):
+        source.resize((150 - i, 150 - i)).save(root / split / "grade_2" / f"copy{i}.png")
+    monkeypatch.setattr(verify, "MAX_NEAR_PAIRS", 2)
+    near = [p for p in verify_dataset(root).problems if p.code.startswith("near_duplicate")]
+    assert len(near) == 3 and any("6 near-duplicate pairs" in p.message for p in near)
+    assert sum(p.code == "near_duplicate_across_splits" for p in near) == 2  # cross-split pairs come first
