@@ -182,6 +182,25 @@ def test_dicom_window_is_applied(tmp_path, stored12):
     np.testing.assert_allclose(decoded[low], np.round((stored12[low] - 0.5) / 2047 * 255), atol=1)
 
 
+def test_dicom_voi_lut_sequence_is_applied(tmp_path, stored12):
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    curve = np.round(np.sqrt(np.arange(4096) / 4095) * 4095).astype("<u2")  # a gamma-like curve
+    lut.add_new(0x00283006, "OW", curve.tobytes())  # LUT Data
+    path = write_dicom(tmp_path / "lut.dcm", stored12, BitsStored=12)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.VOILUTSequence = [lut]
+    ds.WindowCenter, ds.WindowWidth = 100, 10  # the LUT wins over a window, as viewers do
+    ds.save_as(path)
+    decoded = np.asarray(decode_image(path)).astype(int)
+    expected = np.round(np.sqrt(stored12 / 4095) * 255)
+    assert np.abs(decoded - expected).max() <= 1
+
+
 def test_dicom_rescale_without_window_uses_the_stored_range(tmp_path, stored12, gray8):
     decoded = decode_image(
         write_dicom(tmp_path / "r.dcm", stored12, BitsStored=12, RescaleSlope=2, RescaleIntercept=-1000)
