@@ -411,7 +411,7 @@ def _groups_for(
         origin = str(groups_csv)
     else:
         known = read_patients(source)
-        origin = f"{source.name}/{PATIENTS_FILE}"
+        origin = str(source / PATIENTS_FILE)
     if known is None:
         return {f"file:{entry.rel}": [entry] for entry in images}, "none"
     by_name = Counter(rel.rsplit("/", 1)[-1] for rel in known)

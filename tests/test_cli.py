@@ -15,7 +15,7 @@ def test_phantoms_split_verify_convert(tmp_path, capsys):
     assert main(["data", "phantoms", str(pool), "--per-grade", "6", "--seed", "1", "--size", "64"]) == 0
     assert main(["data", "split", str(pool), str(split), "--ratios", "0.6,0.2,0.2", "--seed", "42"]) == 0
     out = capsys.readouterr().out
-    assert "patients" in out and "grouped by ph/patients.csv" in out
+    assert "patients" in out and f"grouped by {pool / 'patients.csv'}" in out
     assert main(["data", "verify", str(split), "--json", str(tmp_path / "v.json")]) == 0
     assert "OK: 30 readable images, 0 errors" in capsys.readouterr().out
     assert main(["data", "convert", str(split), str(ds)]) == 0
