@@ -13,9 +13,16 @@ EXIT_OK, EXIT_PROBLEMS = 0, 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # Training has its own strict config parser (draccus): hand it everything after `train`.
+        from spine_hf.train import main as train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("spine_hf").setLevel(logging.INFO)
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_PROBLEMS
@@ -30,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spine-hf", description="Grade spine radiographs with Hugging Face tools.")
     commands = parser.add_subparsers(title="commands")
+    commands.add_parser(
+        "train",
+        help="train a model: spine-hf train --config_path configs/quickstart.yaml [--optim.lr=3e-4 ...]",
+        add_help=False,
+    )
     data = commands.add_parser("data", help="check, organise, split and convert image folders")
     data_commands = data.add_subparsers(title="data commands")
 

@@ -1,0 +1,56 @@
+"""Resumable training checkpoints: accelerate's `save_state` plus a small JSON of where training was.
+
+``output_dir/checkpoints/step_N/`` holds the model, optimizer, scheduler, RNG and sampler states
+(accelerate) and ``trainer_state.json`` (epoch, step, best score, per-epoch history). That JSON is
+written last, so a checkpoint interrupted while saving is never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from spine_hf.config import ConfigError
+
+STATE_FILE = "trainer_state.json"
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int) -> Path:
+    """Save a checkpoint named after the step (every process takes part) and keep the newest `keep`."""
+    folder = out / "checkpoints" / f"step_{state['step']:08d}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        for old in _complete(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint under ``out/checkpoints``, or None."""
+    complete = _complete(out)
+    return complete[-1] if complete else None
+
+
+def resume_state(accelerator: Accelerator, resume: str, out: Path) -> dict:
+    """Restore everything from a checkpoint (`resume`: "true" for the latest, or a path); returns its state."""
+    if resume.lower() in ("true", "latest", "1", "yes"):
+        folder = latest_checkpoint(out)
+        if folder is None:
+            raise ConfigError(f"train.resume: no complete checkpoint in {out / 'checkpoints'}")
+    else:
+        folder = Path(resume)
+        if not (folder / STATE_FILE).is_file():
+            raise ConfigError(f"train.resume: {folder} is not a complete checkpoint (no {STATE_FILE})")
+    accelerator.load_state(str(folder))
+    state = json.loads((folder / STATE_FILE).read_text())
+    accelerator.print(f"resumed from {folder} (epoch {state['epoch']}, step {state['step']})")
+    return state
+
+
+def _complete(out: Path) -> list[Path]:
+    return sorted(p for p in (out / "checkpoints").glob("step_*") if (p / STATE_FILE).is_file())

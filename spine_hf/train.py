@@ -1,0 +1,264 @@
+"""Fine-tune a backbone on a converted dataset with accelerate, on one CPU, one GPU or many.
+
+    accelerate launch -m spine_hf.train --config_path configs/quickstart.yaml [--section.key=value ...]
+
+The shape of accelerate's examples: prepare -> epoch loop -> evaluation on `gather_for_metrics`
+results (so N processes score every validation image exactly once, like one process) -> the best
+epoch by validation QWK saved as a Hub-ready folder in ``output_dir/best``. Resumable checkpoints
+go to ``output_dir/checkpoints``; per-epoch metrics to ``output_dir/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from spine_hf.checkpoints import resume_state, save_checkpoint
+from spine_hf.config import Config, ConfigError, parse_config, save_config
+from spine_hf.data import load_grade_dataset
+from spine_hf.hub import load_weights, push, save_for_hub
+from spine_hf.losses import build_loss
+from spine_hf.metrics import load_grading_metric
+from spine_hf.model import build_model
+from spine_hf.transforms import GradeImages, grade_counts, make_loader
+
+logger = logging.getLogger(__name__)
+
+
+def train(cfg: Config) -> dict:
+    """Run the whole training; returns the best validation metrics (and test metrics when scored)."""
+    out = Path(cfg.train.output_dir)
+    if cfg.train.tensorboard:
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise ConfigError("train.tensorboard needs tensorboard: pip install 'spine-hf[track]'")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision=cfg.train.mixed_precision or None,
+        log_with="tensorboard" if cfg.train.tensorboard else None,
+        project_dir=str(out / "logs"),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    elif accelerator.device.type == "cpu":
+        # `accelerate launch` sets OMP_NUM_THREADS=1 on CPU-only machines unless told --cpu; share the
+        # cores among this machine's processes instead.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local, 1)))
+    set_seed(cfg.train.seed)
+    accelerator.print(
+        f"spine-hf train: world size {accelerator.num_processes}, device {accelerator.device}, "
+        f"mixed precision {accelerator.mixed_precision}, output {out}"
+    )
+    dataset = load_grade_dataset(cfg.data.dataset)
+    for split in (cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split):
+        if split and split not in dataset:
+            raise ConfigError(f"{cfg.data.dataset} has no split {split!r} (it has {sorted(dataset)})")
+    model, preprocessing = build_model(cfg.model)
+    train_set = GradeImages(dataset[cfg.data.train_split], preprocessing, cfg.data, train=True)
+    eval_set = GradeImages(dataset[cfg.data.eval_split], preprocessing, cfg.data, train=False)
+    train_loader = make_loader(train_set, cfg.train.batch_size, cfg.data, shuffle=True, seed=cfg.train.seed)
+    eval_loader = make_loader(eval_set, cfg.train.eval_batch_size, cfg.data, shuffle=False, seed=cfg.train.seed)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.optim, grade_counts(train_set.labels))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+    scheduler = _cosine_with_warmup(optimizer, cfg, steps_per_epoch, accelerator.num_processes)
+    scheduler = accelerator.prepare(scheduler)
+    ema = None
+    if cfg.train.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        # Warmup: the average starts short and lengthens towards ema_decay, so early epochs are not
+        # scored on what is mostly the random initialisation.
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, use_warmup=True)
+        accelerator.register_for_checkpointing(ema)
+    metric = _load_metric(accelerator)
+    state = {"epoch": 0, "step": 0, "batches_in_epoch": 0, "best_qwk": -math.inf, "best_epoch": -1, "bad_epochs": 0}
+    state["history"] = []
+    if cfg.train.resume:
+        state = resume_state(accelerator, cfg.train.resume, out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if cfg.train.tensorboard:
+        accelerator.init_trackers("spine_hf")
+
+    start, stop = time.monotonic(), False
+    scored = ema.module if ema is not None else model  # what is evaluated and saved
+    for epoch in range(state["epoch"], cfg.train.epochs):
+        model.train()
+        train_loader.set_epoch(epoch)
+        batches = train_loader
+        if state["batches_in_epoch"]:  # resumed mid-epoch: the same order, minus what was done
+            batches = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
+        losses, epoch_start = [], time.monotonic()
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not accelerator.is_main_process)
+        for pixels, labels in bar:
+            if cfg.model.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            with accelerator.accumulate(model):
+                loss = loss_fn(model(pixels), labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["batches_in_epoch"] += 1
+            losses.append(loss.item())
+            if accelerator.sync_gradients:
+                state["step"] += 1
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model), step=state["step"])
+                if cfg.train.checkpoint_steps and state["step"] % cfg.train.checkpoint_steps == 0:
+                    save_checkpoint(accelerator, out, state, cfg.train.keep_checkpoints)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if cfg.train.time_limit_minutes and time.monotonic() - start > 60 * cfg.train.time_limit_minutes:
+                stop = True
+                accelerator.print(f"time limit of {cfg.train.time_limit_minutes} min reached; stopping")
+                break
+        metrics = _evaluate(scored, eval_loader, accelerator, metric, cfg)
+        train_loss = float(
+            accelerator.gather(torch.tensor(np.mean(losses or [np.nan]), device=accelerator.device)).mean()
+        )
+        record = {
+            "epoch": epoch + 1,
+            "step": state["step"],
+            "train_loss": train_loss,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(time.monotonic() - epoch_start, 1),
+            cfg.data.eval_split: metrics,
+        }
+        state["history"].append(record)
+        state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+        improved = metrics["qwk"] > state["best_qwk"]
+        if improved:
+            state["best_qwk"], state["best_epoch"], state["bad_epochs"] = metrics["qwk"], epoch + 1, 0
+            weights = accelerator.get_state_dict(scored)  # every rank: FSDP/DeepSpeed gather here
+            if accelerator.is_main_process:
+                best = accelerator.unwrap_model(scored)
+                save_for_hub(best, cfg, preprocessing, out / "best", metrics=record, state_dict=weights)
+        else:
+            state["bad_epochs"] += 1
+        accelerator.print(
+            f"epoch {epoch + 1}: loss {train_loss:.4f}  {cfg.data.eval_split} QWK {metrics['qwk']:.4f} "
+            f"acc {metrics['accuracy']:.4f} MAE {metrics['mae']:.4f} ({metrics['count']} images)"
+            + ("  * best" if improved else "")
+        )
+        if cfg.train.tensorboard:
+            accelerator.log(
+                {"train_loss": train_loss, **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, float)}},
+                step=state["step"],
+            )
+        if accelerator.is_main_process:
+            (out / "metrics.json").write_text(json.dumps(state["history"], indent=2) + "\n")
+        patience_over = cfg.train.patience and state["bad_epochs"] >= cfg.train.patience
+        last = stop or patience_over or epoch + 1 == cfg.train.epochs
+        if last or (cfg.train.checkpoint_epochs and (epoch + 1) % cfg.train.checkpoint_epochs == 0):
+            save_checkpoint(accelerator, out, state, cfg.train.keep_checkpoints)
+        if patience_over:
+            accelerator.print(f"no better {cfg.data.eval_split} QWK for {cfg.train.patience} epochs; stopping")
+        if last:
+            break
+
+    accelerator.wait_for_everyone()
+    result = {"best_epoch": state["best_epoch"], cfg.data.eval_split: _best_record(state).get(cfg.data.eval_split)}
+    if cfg.data.test_split:
+        best = accelerator.unwrap_model(scored)
+        load_weights(best, out / "best")
+        test_set = GradeImages(dataset[cfg.data.test_split], preprocessing, cfg.data, train=False)
+        test_loader = accelerator.prepare(make_loader(test_set, cfg.train.eval_batch_size, cfg.data, False, 0))
+        result[cfg.data.test_split] = _evaluate(best, test_loader, accelerator, metric, cfg)
+    if accelerator.is_main_process:
+        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        if cfg.hub.repo_id:
+            push(out / "best", cfg.hub.repo_id, private=cfg.hub.private)
+    accelerator.end_training()
+    return result
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalisation weights."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _cosine_with_warmup(optimizer, cfg: Config, steps_per_epoch: int, processes: int):
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    # accelerate steps a prepared scheduler once per process for every optimizer step.
+    total = max(1, cfg.train.epochs * steps_per_epoch) * processes
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch) * processes
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, warmup, total, min_lr=cfg.optim.lr * cfg.optim.min_lr_ratio
+    )
+
+
+def _load_metric(accelerator: Accelerator):
+    with accelerator.main_process_first():  # evaluate copies the module into its cache once
+        return load_grading_metric()
+
+
+@torch.inference_mode()
+def _evaluate(model, loader, accelerator: Accelerator, metric, cfg: Config) -> dict:
+    model.eval()
+    predictions, references = [], []
+    for pixels, labels in loader:
+        if cfg.model.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        logits = model(pixels)
+        logits, labels = accelerator.gather_for_metrics((logits, labels))
+        predictions.append(logits.argmax(dim=1).cpu())
+        references.append(labels.cpu())
+    model.train()
+    predictions, references = torch.cat(predictions).numpy(), torch.cat(references).numpy()
+    expected = len(loader.dataset)
+    if len(references) != expected:
+        raise RuntimeError(f"evaluated {len(references)} images, expected {expected}")
+    return metric.compute(predictions=predictions, references=references)
+
+
+def _best_record(state: dict) -> dict:
+    for record in state["history"]:
+        if record["epoch"] == state["best_epoch"]:
+            return record
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("spine_hf").setLevel(logging.INFO)
+    try:
+        cfg = parse_config(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = train(cfg)
+    for split, metrics in result.items():
+        if isinstance(metrics, dict) and "qwk" in metrics:
+            print(f"{split}: QWK {metrics['qwk']:.4f}  accuracy {metrics['accuracy']:.4f}  MAE {metrics['mae']:.4f}")
+    print(f"model folder: {Path(cfg.train.output_dir) / 'best'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

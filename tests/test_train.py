@@ -1,0 +1,148 @@
+"""Training end to end on tiny phantoms: timm and ViT backbones, resume after kill -9, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from spine_hf.config import parse_config
+from spine_hf.data import convert_to_dataset, load_grade_dataset
+from spine_hf.grades import GRADE_NAMES
+
+TINY_VIT = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, patch_size: 8}"
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """35 phantoms of 64 px, split so that validation has an odd number of images."""
+    from spine_hf.dataset_tools import split_dataset
+    from spine_hf.phantoms import make_phantoms
+
+    root = tmp_path_factory.mktemp("train")
+    make_phantoms(root / "pool", per_grade=7, seed=5, size=64, second_view=0.0)
+    split_dataset(root / "pool", root / "split", ratios=(0.6, 0.2, 0.2), seed=1)
+    convert_to_dataset(root / "split", root / "ds")
+    return root / "ds"
+
+
+def _args(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config_path", str(REPO / "configs" / "quickstart.yaml"),
+        f"--data.dataset={dataset}", f"--train.output_dir={out}",
+        "--model.image_size=64", "--train.batch_size=8", "--train.eval_batch_size=16", "--train.threads=1",
+        *extra,
+    ]  # fmt: skip
+
+
+def _run(args: list[str], launcher: list[str] | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = (launcher or [sys.executable]) + ["-m", "spine_hf.train", *args]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def _history(out: Path) -> list[dict]:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_timm_backbone_trains_and_its_folder_loads_in_pipeline_and_timm(tmp_path, tiny_dataset):
+    import timm
+    from transformers import pipeline
+
+    from spine_hf.train import train
+
+    out = tmp_path / "run"
+    result = train(parse_config(_args(tiny_dataset, out, "--train.epochs=2", "--train.tensorboard=true")))
+    dataset = load_grade_dataset(tiny_dataset)
+    assert result["validation"]["count"] == dataset["validation"].num_rows
+    assert result["test"]["count"] == dataset["test"].num_rows
+    history = _history(out)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert set(history[0]["validation"]) >= {
+        "qwk",
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "mae",
+        "confusion_matrix",
+    }
+    assert (out / "config.yaml").is_file() and (out / "best" / "spine_hf_config.yaml").is_file()
+    scores = pipeline("image-classification", model=str(out / "best"), top_k=5)(dataset["test"][0]["image"])
+    assert sorted(s["label"] for s in scores) == sorted(GRADE_NAMES)
+    assert timm.create_model(f"local-dir:{out / 'best'}", pretrained=True).num_classes == 5
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_vit_from_transformers_trains_and_loads_in_pipeline(tmp_path, tiny_dataset):
+    from transformers import AutoModelForImageClassification, pipeline
+
+    from spine_hf.train import train
+
+    out = tmp_path / "vit"
+    args = _args(tiny_dataset, out, "--train.epochs=1", "--model.name=vit", "--model.library=transformers",
+                 "--model.image_size=32", f"--model.overrides={TINY_VIT}", "--model.channels_last=false",
+                 "--optim.lr=0.001")  # fmt: skip
+    result = train(parse_config(args))
+    assert result["validation"]["count"] == load_grade_dataset(tiny_dataset)["validation"].num_rows
+    model = AutoModelForImageClassification.from_pretrained(str(out / "best"))
+    assert model.config.model_type == "vit" and model.config.id2label[4] == "Severe"
+    image = load_grade_dataset(tiny_dataset)["test"][0]["image"]
+    assert len(pipeline("image-classification", model=str(out / "best"), top_k=5)(image)) == 5
+
+
+@pytest.mark.slow
+def test_kill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_dataset):
+    epochs = "--train.epochs=8"
+    straight = tmp_path / "straight"
+    assert _run(_args(tiny_dataset, straight, epochs)).returncode == 0
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "spine_hf.train", *_args(tiny_dataset, killed, epochs)]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((killed / "checkpoints").glob("step_*/trainer_state.json")):
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_epochs = len(_history(killed))
+    assert interrupted_epochs < 8
+
+    resumed = _run(_args(tiny_dataset, killed, epochs, "--train.resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a, b = _history(straight), _history(killed)
+    assert [(r["epoch"], r["step"]) for r in a] == [(r["epoch"], r["step"]) for r in b]
+    assert [sorted(r) for r in a] == [sorted(r) for r in b]
+    for x, y in zip(a, b, strict=True):  # CPU, same seed, same data order: the same numbers
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4)
+        assert y["validation"]["confusion_matrix"] == x["validation"]["confusion_matrix"]
+    assert json.loads((killed / "results.json").read_text()) == json.loads((straight / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_see_every_validation_image_once(tmp_path, tiny_dataset):
+    validation = load_grade_dataset(tiny_dataset)["validation"].num_rows
+    assert validation % 2 == 1  # an odd count: padding for the second process would show up
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    two = tmp_path / "two"
+    run = _run(_args(tiny_dataset, two, "--train.epochs=2"), launcher, env={"ACCELERATE_USE_CPU": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "world size 2" in run.stdout
+    one = tmp_path / "one"  # the same global batch (2 x 8) in one process
+    assert _run(_args(tiny_dataset, one, "--train.epochs=2", "--train.batch_size=16")).returncode == 0
+    a, b = _history(one), _history(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x["validation"]["count"] == y["validation"]["count"] == validation
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=0.1)
