@@ -26,6 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_PROBLEMS
+    if args.handler in (_evaluate, _calibrate, _predict, _push):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars would mix with the output
     try:
         return args.handler(args)
     except (ValueError, OSError, RuntimeError) as err:
@@ -89,10 +93,99 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
     phantoms.add_argument("--share-16bit", type=float, default=0.25, help="fraction written as 16-bit PNG")
     phantoms.set_defaults(handler=_phantoms)
+    evaluate = commands.add_parser("evaluate", help="metrics with 95%% intervals, plots and per-image CSV")
+    evaluate.add_argument("--model", required=True, help="model folder or Hub repo id")
+    evaluate.add_argument("--data", required=True, help="dataset folder from `spine-hf data convert`")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--out", required=True, help="folder for metrics.json, PNGs and predictions.csv")
+    evaluate.add_argument("--flip-tta", action="store_true", help="average with the horizontally flipped image")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the intervals")
+    evaluate.set_defaults(handler=_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="fit a temperature on validation and fold it into the model")
+    calibrate.add_argument("--model", required=True, help="model folder or Hub repo id")
+    calibrate.add_argument("--data", required=True, help="dataset folder from `spine-hf data convert`")
+    calibrate.add_argument("--split", default="validation")
+    calibrate.add_argument("--out", required=True, help="folder for the calibrated copy of the model")
+    calibrate.set_defaults(handler=_calibrate)
+
+    predict = commands.add_parser("predict", help="grade image files: one JSON line per file")
+    predict.add_argument("--model", required=True, help="model folder or Hub repo id")
+    predict.add_argument("files", nargs="+", help="PNG, JPEG, 16-bit PNG or DICOM files")
+    predict.add_argument("--flip-tta", action="store_true")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.set_defaults(handler=_predict)
+
+    push = commands.add_parser("push", help="upload a model folder to the Hugging Face Hub")
+    push.add_argument("--model", required=True, help="model folder (e.g. outputs/quickstart/run/best)")
+    push.add_argument("--repo-id", required=True, help="org/name on the Hub")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=True, help="(default)")
+    visibility.add_argument("--public", dest="private", action="store_false")
+    push.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    push.set_defaults(handler=_push)
     return parser
 
 
 # ------------------------------------------------------------------------------------- handlers
+
+
+def _evaluate(args) -> int:
+    from spine_hf.evaluation import evaluate_model
+
+    result = evaluate_model(args.model, args.data, args.out, split=args.split, flip_tta=args.flip_tta,
+                            bootstrap=args.bootstrap)  # fmt: skip
+    print(f"{result['split']}: {result['count']} images" + (" (flip TTA)" if args.flip_tta else ""))
+    for name, entry in result["metrics"].items():
+        low, high = entry["ci95"]
+        print(f"  {name:18s} {entry['value']:.4f}  95% CI [{low:.4f}, {high:.4f}]")
+    auc = result["auc_grade_ge_2"]
+    print(f"  {'AUC grade>=2':18s} {auc['value']:.4f}  95% CI [{auc['ci95'][0]:.4f}, {auc['ci95'][1]:.4f}]")
+    print(f"  {'ECE':18s} {result['ece']:.4f}")
+    print(f"wrote metrics.json, confusion_matrix.png, reliability.png, predictions.csv to {args.out}")
+    return EXIT_OK
+
+
+def _calibrate(args) -> int:
+    from spine_hf.calibration import calibrate_model
+
+    report = calibrate_model(args.model, args.data, args.out, split=args.split)
+    print(
+        f"temperature {report['temperature']:.4f} fitted on {report['split']} ({report['count']} images): "
+        f"ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}, "
+        f"NLL {report['nll_before']:.4f} -> {report['nll_after']:.4f}; calibrated model in {args.out}"
+    )
+    return EXIT_OK
+
+
+def _predict(args) -> int:
+    import json
+
+    from spine_hf.imaging import ImageDecodeError
+    from spine_hf.inference import Predictor
+
+    predictor = Predictor(args.model, batch_size=args.batch_size)
+    failed = 0
+    for file in args.files:  # one file at a time so that a bad file costs only its own line
+        try:
+            (prediction,) = predictor.predict([file], flip_tta=args.flip_tta)
+            print(json.dumps({"file": file, **prediction.to_json()}))
+        except ImageDecodeError as err:
+            failed += 1
+            print(json.dumps({"file": file, "error": str(err)}))
+    return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def _push(args) -> int:
+    from spine_hf.hub import push
+
+    plan = push(args.model, args.repo_id, private=args.private, dry_run=args.dry_run)
+    verb = "would upload" if args.dry_run else "uploaded"
+    visibility = "private" if args.private else "public"
+    print(f"{verb} {len(plan)} files to https://huggingface.co/{args.repo_id} ({visibility}):")
+    for path, size in plan:
+        print(f"  {path}  ({size:,} bytes)")
+    return EXIT_OK
 
 
 def _init(args) -> int:

@@ -45,3 +45,19 @@ def knee() -> Path:
     if not (KNEE / "val").is_dir():
         pytest.skip(f"real data not found at {KNEE}")
     return KNEE
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, phantom_split) -> Path:
+    """A timm test_resnet trained for 3 epochs on 64-pixel phantoms: (model folder, dataset folder)."""
+    from spine_hf.config import parse_config
+    from spine_hf.data import convert_to_dataset
+    from spine_hf.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    convert_to_dataset(phantom_split, root / "dataset")
+    args = ["--config_path", str(REPO / "configs" / "quickstart.yaml"), f"--data.dataset={root / 'dataset'}",
+            f"--train.output_dir={root / 'run'}", "--model.image_size=64", "--train.epochs=3",
+            "--train.batch_size=8", "--train.ema_decay=0"]  # fmt: skip
+    train(parse_config(args))
+    return root / "run" / "best"

@@ -106,3 +106,105 @@ def test_saving_twice_replaces_the_folder_whole(saved, tmp_path):
     save_for_hub(model, Config(model=_model_cfg(kind)), preprocessing, folder)
     assert not (folder / "stale.txt").exists()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------------------------------ push
+
+
+def test_push_dry_run_lists_the_files_and_the_card_has_the_essentials(trained_model, capsys):
+    from spine_hf.cli import main
+
+    assert main(["push", "--model", str(trained_model), "--repo-id", "me/spine", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert name in out
+    assert "would upload" in out and "(private)" in out
+    card = (trained_model / "README.md").read_text()
+    assert card.startswith("---\n") and "model-index" in card and "pipeline_tag: image-classification" in card
+    assert "not a medical device" in card and "library_name: timm" in card
+
+
+def test_push_hands_the_token_only_to_the_hub_client(trained_model, monkeypatch, caplog, capsys):
+    import huggingface_hub
+
+    from spine_hf.hub import push
+
+    token = "hf_PLANTED_secret_token_123"
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    caplog.set_level("DEBUG")
+    plan = push(trained_model, "me/spine", private=True, token=token)
+    assert calls[0] == ("init", token)
+    assert calls[1] == ("create_repo", "me/spine", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert calls[2][1]["folder_path"] == str(trained_model) and calls[2][1]["repo_id"] == "me/spine"
+    assert {path for path, _ in plan} >= {"config.json", "model.safetensors", "README.md"}
+    printed = capsys.readouterr()
+    assert token not in printed.out + printed.err + caplog.text
+    assert not any(token in p.read_text(errors="ignore") for p in trained_model.rglob("*") if p.is_file())
+
+
+def test_push_refuses_a_folder_without_a_model_card(trained_model, tmp_path):
+    import shutil
+
+    from spine_hf.hub import push
+
+    copy = tmp_path / "nocard"
+    shutil.copytree(trained_model, copy)
+    (copy / "README.md").unlink()
+    with pytest.raises(ValueError, match="model card"):
+        push(copy, "me/spine", dry_run=True)
+
+
+@pytest.mark.slow
+def test_loading_by_repo_id_from_an_offline_hub_cache(trained_model, phantom_split, tmp_path):
+    """pipeline, AutoModelForImageClassification, timm and Predictor all load `org/name` from a cache laid
+    out as huggingface_hub lays it out, with HF_HUB_OFFLINE=1, and agree on the top grade."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--spine-org--grader"
+    shutil.copytree(trained_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    files = [str(p) for p in sorted((phantom_split / "test").rglob("*.png"))[:5]]
+    script = f"""
+import json, sys, timm, torch
+from transformers import AutoModelForImageClassification, pipeline
+from spine_hf.imaging import decode_image
+from spine_hf.inference import Predictor
+files = {files!r}
+images = [decode_image(f) for f in files]
+classify = pipeline("image-classification", model="spine-org/grader")
+pipe = [max(r, key=lambda s: s["score"])["label"] for r in classify(images)]
+predictor = Predictor("spine-org/grader")
+pixels = predictor.pixels(images)
+auto = AutoModelForImageClassification.from_pretrained("spine-org/grader").eval()
+native = timm.create_model("hf-hub:spine-org/grader", pretrained=True).eval()
+names = auto.config.id2label
+with torch.inference_mode():
+    result = {{"pipeline": pipe, "auto": [names[int(i)] for i in auto(pixel_values=pixels).logits.argmax(1)],
+              "timm": [names[int(i)] for i in native(pixels).argmax(1)],
+              "predictor": [p.grade_name for p in predictor.predict(files)]}}
+print(json.dumps(result))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["pipeline"] == result["auto"] == result["timm"] == result["predictor"]
+    assert len(result["pipeline"]) == 5
