@@ -19,7 +19,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from spine_hf.data import load_grade_dataset
+from spine_hf.data import load_grade_split
 from spine_hf.evaluation import expected_calibration_error
 from spine_hf.inference import Predictor
 
@@ -48,10 +48,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def calibrate_model(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
                     split: str = "validation") -> dict:  # fmt: skip
     """Fit T on `split`, write a copy of the model folder with T folded in; returns the report."""
-    dataset = load_grade_dataset(data)
-    if split not in dataset:
-        raise ValueError(f"{data} has no split {split!r} (it has {sorted(dataset)})")
-    rows = dataset[split]
+    rows = load_grade_split(data, split)
     predictor = Predictor(model)
     logits = predictor.logits([row["image"] for row in rows])
     labels = np.asarray(rows["label"], dtype=np.int64)

@@ -175,6 +175,14 @@ def load_grade_dataset(path: str | os.PathLike):
     return dataset
 
 
+def load_grade_split(path: str | os.PathLike, split: str):
+    """One split of a dataset written by `convert_to_dataset`; the error names the splits there are."""
+    dataset = load_grade_dataset(path)
+    if split not in dataset:
+        raise ValueError(f"{path} has no split {split!r} (it has {sorted(dataset)})")
+    return dataset[split]
+
+
 def _stage_all(entries: Iterable[ImageEntry], staging: Path, workers: int | None) -> list[_Staged | Problem]:
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(lambda item: _stage(item[1], item[0], staging), enumerate(entries)))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from spine_hf.data import load_grade_dataset
+from spine_hf.data import load_grade_split
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.inference import Predictor
 from spine_hf.metrics import compute_grading_metrics
@@ -87,10 +87,7 @@ def evaluate_model(
     batch_size: int = 32,
 ) -> dict:
     """Score `model` on `split` of a converted dataset and write the files listed above; returns metrics.json."""
-    dataset = load_grade_dataset(data)
-    if split not in dataset:
-        raise ValueError(f"{data} has no split {split!r} (it has {sorted(dataset)})")
-    rows = dataset[split]
+    rows = load_grade_split(data, split)
     predictor = Predictor(model, batch_size=batch_size)
     probabilities = predictor.probabilities([row["image"] for row in rows], flip_tta=flip_tta)
     references = np.asarray(rows["label"], dtype=np.int64)

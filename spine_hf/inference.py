@@ -20,6 +20,7 @@ from PIL import Image
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.imaging import decode_image, to_canonical
 from spine_hf.model import Preprocessing
+from spine_hf.transforms import square_pixels
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,7 @@ class Predictor:
     def pixels(self, images: Sequence) -> torch.Tensor:
         """Model input for a batch: decode, resize to the model's square, normalise (N x 3 x S x S)."""
         side = self.preprocessing.size
-        squares = np.stack([np.asarray(_canonical(image).resize((side, side), Image.Resampling.BILINEAR))
-                            for image in images])  # fmt: skip
+        squares = np.stack([square_pixels(_canonical(image), side) for image in images])
         batch = torch.from_numpy(squares)[:, None].float().div_(255).expand(-1, 3, -1, -1)
         return ((batch - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 

@@ -30,10 +30,14 @@ from spine_hf.model import Preprocessing
 TRAIN_MARGIN = 1.15
 
 
+def square_pixels(image: Image.Image, side: int) -> np.ndarray:
+    """A canonical image squashed to ``side x side`` (uint8): the one resize of training and inference."""
+    return np.array(image.resize((side, side), Image.Resampling.BILINEAR))  # a writable copy
+
+
 def load_square(data: bytes | None, path: str | None, side: int) -> np.ndarray:
     """Decode an image the project's way and squash it to ``side x side`` (uint8)."""
-    image = decode_image(data if data is not None else path)
-    return np.array(image.resize((side, side), Image.Resampling.BILINEAR))  # a writable copy
+    return square_pixels(decode_image(data if data is not None else path), side)
 
 
 class GradeImages(Dataset):
