@@ -14,6 +14,11 @@ EXIT_OK, EXIT_PROBLEMS = 0, 1
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["app"]:
+        from spine_hf.demo import main as app_main
+
+        app_main(argv[1:])
+        return EXIT_OK
     if argv[:1] == ["train"]:
         # Training has its own strict config parser (draccus): hand it everything after `train`.
         from spine_hf.train import main as train_main
@@ -41,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spine-hf", description="Grade spine radiographs with Hugging Face tools.")
     commands = parser.add_subparsers(title="commands")
+    commands.add_parser("app", help="the Gradio demo: spine-hf app --model DIR [--port 7860]", add_help=False)
     commands.add_parser(
         "train",
         help="train a model: spine-hf train --config_path configs/quickstart.yaml [--optim.lr=3e-4 ...]",

@@ -1,0 +1,137 @@
+"""The Gradio app on 127.0.0.1, driven with gradio_client as a user's browser would drive it."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from factories import write_dicom
+from PIL import Image
+
+from spine_hf.cli import main
+from spine_hf.imaging import decode_image
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def running_app(trained_model, tmp_path_factory):
+    from spine_hf.demo import build_app
+
+    app = build_app(str(trained_model), examples_dir=tmp_path_factory.mktemp("examples"))
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="5mb", quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture
+def three_formats(tmp_path, phantom_split):
+    pixels = np.asarray(decode_image(next((phantom_split / "test").rglob("*.png"))))
+    png, png16 = tmp_path / "a.png", tmp_path / "a16.png"
+    Image.fromarray(pixels).save(png)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(png16)
+    dcm = write_dicom(tmp_path / "a.dcm", np.round(pixels / 255 * 4095).astype(np.uint16), BitsStored=12)
+    return [png, png16, dcm]
+
+
+def test_app_grades_png_16bit_png_and_dicom_like_predict(running_app, trained_model, three_formats, capsys):
+    from gradio_client import Client, handle_file
+
+    client = Client(running_app, verbose=False)
+    assert main(["predict", "--model", str(trained_model), *map(str, three_formats)]) == 0
+    expected = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    for path, cli in zip(three_formats, expected, strict=True):
+        headline, label, _image = client.predict(handle_file(str(path)), True, str(trained_model), api_name="/grade")
+        scores = {c["label"]: c["confidence"] for c in label["confidences"]}
+        assert sum(scores.values()) == pytest.approx(1.0, abs=1e-4)
+        ours = [
+            scores[f"{i} {name}"] for i, name in enumerate(["Healthy", "Doubtful", "Minimal", "Moderate", "Severe"])
+        ]
+        np.testing.assert_allclose(ours, cli["probabilities"], atol=1e-4)
+        assert f"Grade {cli['grade']} — {cli['grade_name']}" in headline
+
+
+def test_app_shows_loading_and_decoding_errors_instead_of_crashing(running_app, trained_model, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(running_app, verbose=False)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(Exception, match="text file"):
+        client.predict(handle_file(str(text)), False, str(trained_model), api_name="/grade")
+    with pytest.raises(Exception, match="No model given"):
+        client.predict(handle_file(str(text)), False, "", api_name="/grade")
+    png = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(png)
+    with pytest.raises(Exception, match="Could not load the model"):
+        client.predict(handle_file(str(png)), False, str(tmp_path / "no-model"), api_name="/grade")
+
+
+def test_publish_tab_dry_run_and_push_keep_the_token_secret(running_app, trained_model, monkeypatch, caplog, capfd):
+    import huggingface_hub
+    from gradio_client import Client
+
+    token = "hf_PLANTED_app_token_987"
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    caplog.set_level("DEBUG")
+    client = Client(running_app, verbose=False)
+    preview = client.predict(str(trained_model), "me/grader", True, api_name="/preview")
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert name in preview
+    assert calls == []  # a dry run calls nothing
+    done = client.predict(str(trained_model), "me/grader", True, token, api_name="/push")
+    assert "Uploaded" in done
+    assert calls[0] == ("init", token)  # the token reaches the Hub client as an argument, and only there
+    assert calls[1][1] == "me/grader" and calls[1][2]["private"] is True
+    captured = capfd.readouterr()
+    assert token not in captured.out + captured.err + caplog.text + preview + done
+
+
+def test_importing_app_starts_nothing_and_grad_cam_works_for_vit(tmp_path, phantom_split):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = "import app; print('ok')"
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok" and "Running on" not in run.stdout + run.stderr
+
+    import torch
+
+    from spine_hf.config import Config, ModelConfig
+    from spine_hf.explain import grad_cam, overlay
+    from spine_hf.hub import save_for_hub
+    from spine_hf.inference import Predictor
+    from spine_hf.model import build_model
+
+    torch.manual_seed(0)
+    overrides = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                 "patch_size": 8}  # fmt: skip
+    cfg = Config(model=ModelConfig(name="vit", library="transformers", image_size=32, overrides=overrides))
+    model, preprocessing = build_model(cfg.model)
+    folder = save_for_hub(model, cfg, preprocessing, tmp_path / "vit")
+    image = next((phantom_split / "test").rglob("*.png"))
+    heat, grade = grad_cam(Predictor(folder), image)
+    canonical = decode_image(image)
+    assert heat.shape == (canonical.height, canonical.width) and heat.min() >= 0 and heat.max() <= 1
+    assert 0 <= grade < 5 and overlay(image, heat).size == canonical.size
