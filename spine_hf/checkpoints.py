@@ -8,6 +8,7 @@ written last, so a checkpoint interrupted while saving is never resumed from.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from accelerate import Accelerator
 from spine_hf.config import ConfigError
 
 STATE_FILE = "trainer_state.json"
+logger = logging.getLogger(__name__)
 
 
 def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int) -> Path:
@@ -37,19 +39,35 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def resume_state(accelerator: Accelerator, resume: str, out: Path) -> dict:
-    """Restore everything from a checkpoint (`resume`: "true" for the latest, or a path); returns its state."""
+    """Restore everything from a checkpoint (`resume`: "true" for the latest, or a path); returns its state.
+
+    With "true", a checkpoint that fails to load (a corrupt file) is skipped with a warning and the
+    one before it is used.
+    """
     if resume.lower() in ("true", "latest", "1", "yes"):
-        folder = latest_checkpoint(out)
-        if folder is None:
+        candidates = list(reversed(_complete(out)))
+        if not candidates:
             raise ConfigError(f"train.resume: no complete checkpoint in {out / 'checkpoints'}")
     else:
-        folder = Path(resume)
-        if not (folder / STATE_FILE).is_file():
-            raise ConfigError(f"train.resume: {folder} is not a complete checkpoint (no {STATE_FILE})")
-    accelerator.load_state(str(folder))
-    state = json.loads((folder / STATE_FILE).read_text())
-    accelerator.print(f"resumed from {folder} (epoch {state['epoch']}, step {state['step']})")
-    return state
+        candidates = [Path(resume)]
+        if not (candidates[0] / STATE_FILE).is_file():
+            raise ConfigError(f"train.resume: {candidates[0]} is not a complete checkpoint (no {STATE_FILE})")
+    for index, folder in enumerate(candidates):
+        try:
+            state = json.loads((folder / STATE_FILE).read_text())
+            accelerator.load_state(str(folder))
+        except Exception as err:  # safetensors, torch and json raise different types for damaged files
+            if index + 1 == len(candidates):
+                raise RuntimeError(
+                    f"train.resume: {folder} cannot be loaded ({err}) and there is no older one"
+                ) from err
+            logger.warning(
+                "checkpoint %s cannot be loaded (%s); falling back to %s", folder, err, candidates[index + 1]
+            )
+            continue
+        accelerator.print(f"resumed from {folder} (epoch {state['epoch']}, step {state['step']})")
+        return state
+    raise AssertionError("unreachable")
 
 
 def _complete(out: Path) -> list[Path]:

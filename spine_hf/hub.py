@@ -45,18 +45,23 @@ def save_for_hub(
     partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    if state_dict is None:
-        state_dict = model.state_dict()
-    if isinstance(model, HFClassifier):
-        prefix = "hf_model."
-        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
-        _save_transformers(model, preprocessing, partial, state_dict)
-    else:
-        _save_timm(model, partial, state_dict)
-    (partial / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
-    (partial / "README.md").write_text(model_card(cfg, metrics), encoding="utf-8")
-    if metrics is not None:
-        (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    try:
+        if state_dict is None:
+            state_dict = model.state_dict()
+        if isinstance(model, HFClassifier):
+            prefix = "hf_model."
+            state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+            _save_transformers(model, preprocessing, partial, state_dict)
+        else:
+            _save_timm(model, partial, state_dict)
+        (partial / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
+        (partial / "README.md").write_text(model_card(cfg, metrics), encoding="utf-8")
+        if metrics is not None:
+            (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        # A full disk or a crash while writing leaves the previous folder exactly as it was.
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     _replace_dir(partial, out_dir)
     return out_dir
 
@@ -67,7 +72,7 @@ def load_weights(model: nn.Module, folder: str | os.PathLike) -> None:
         from transformers import AutoModelForImageClassification
 
         # transformers renames keys between its file format and its modules; let it do that.
-        saved = AutoModelForImageClassification.from_pretrained(str(folder))
+        saved = AutoModelForImageClassification.from_pretrained(str(folder), trust_remote_code=False)
         model.hf_model.load_state_dict(saved.state_dict())
         return
     from safetensors.torch import load_file

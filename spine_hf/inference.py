@@ -69,7 +69,8 @@ class Predictor:
         self.folder = resolve_model(model)
         self.preprocessing = read_preprocessing(self.folder)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = AutoModelForImageClassification.from_pretrained(str(self.folder)).to(self.device).eval()
+        self.model = AutoModelForImageClassification.from_pretrained(str(self.folder), trust_remote_code=False)
+        self.model = self.model.to(self.device).eval()
         # channels_last: the layout oneDNN and cuDNN convolutions are fastest in (as in training).
         self.model = self.model.to(memory_format=torch.channels_last)
         labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]

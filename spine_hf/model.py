@@ -106,10 +106,15 @@ def _build_transformers(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
     if cfg.drop_rate:
         overrides.setdefault("hidden_dropout_prob", cfg.drop_rate)
     if cfg.pretrained:
-        config = AutoConfig.from_pretrained(cfg.name, num_labels=NUM_GRADES, **labels, **overrides)
-        model = AutoModelForImageClassification.from_pretrained(cfg.name, config=config, ignore_mismatched_sizes=True)
+        # Never run code from a checkpoint's repo: trust_remote_code stays off.
+        config = AutoConfig.from_pretrained(
+            cfg.name, num_labels=NUM_GRADES, trust_remote_code=False, **labels, **overrides
+        )
+        model = AutoModelForImageClassification.from_pretrained(
+            cfg.name, config=config, ignore_mismatched_sizes=True, trust_remote_code=False
+        )
         try:
-            processor = AutoImageProcessor.from_pretrained(cfg.name)
+            processor = AutoImageProcessor.from_pretrained(cfg.name, trust_remote_code=False)
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         except (OSError, ValueError, AttributeError):
             mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -200,3 +200,37 @@ def test_assign_groups_balances_rare_grades():
     for grade in range(5):
         total = sum(per_split[(s, grade)] for s in ("train", "validation", "test"))
         assert per_split[("test", grade)] >= round(0.15 * total) - 2
+
+
+# ------------------------------------------------------------------------- property: nothing lost
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    patients=st.lists(st.tuples(st.integers(0, 4), st.integers(1, 3)), min_size=1, max_size=25),
+    seed=st.integers(0, 10_000),
+    ratios=st.sampled_from([(0.7, 0.15, 0.15), (0.8, 0.2, 0.0), (0.34, 0.33, 0.33), (1.0, 0.0, 0.0)]),
+)
+def test_every_file_lands_in_exactly_one_split_and_patients_stay_together(tmp_path_factory, patients, seed, ratios):
+    root = tmp_path_factory.mktemp("prop")
+    pool = root / "pool"
+    names = []
+    for number, (grade, views) in enumerate(patients):
+        for view in range(views):
+            name = f"p{number:03d}_{view}.png"
+            path = pool / f"grade_{grade}" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(name.encode())  # split copies bytes; it never decodes
+            names.append(name)
+    split_dataset(pool, root / "out", ratios=ratios, seed=seed, group_regex=r"^(p\d+)_")
+    placed = list((root / "out").rglob("*.png"))
+    assert sorted(p.name for p in placed) == sorted(names)
+    splits_of = defaultdict(set)
+    for path in placed:
+        splits_of[path.name.split("_")[0]].add(path.relative_to(root / "out").parts[0])
+        assert path.read_bytes() == path.name.encode()
+    assert all(len(s) == 1 for s in splits_of.values())
+    assert sorted(p.name for p in pool.rglob("*.png")) == sorted(names)  # sources untouched

@@ -208,3 +208,22 @@ print(json.dumps(result))
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["pipeline"] == result["auto"] == result["timm"] == result["predictor"]
     assert len(result["pipeline"]) == 5
+
+
+def test_a_failed_save_leaves_the_previous_best_folder_intact(saved, monkeypatch):
+    import errno
+
+    import spine_hf.hub as hub
+
+    kind, model, preprocessing, folder = saved
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hub, "_save_timm", disk_full)
+    monkeypatch.setattr(hub, "_save_transformers", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_for_hub(model, Config(model=_model_cfg(kind)), preprocessing, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no partial folder left

@@ -146,3 +146,19 @@ def test_two_cpu_processes_see_every_validation_image_once(tmp_path, tiny_datase
     for x, y in zip(a, b, strict=True):
         assert x["validation"]["count"] == y["validation"]["count"] == validation
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=0.1)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_dataset, caplog):
+    from spine_hf.train import train
+
+    out = tmp_path / "run"
+    train(parse_config(_args(tiny_dataset, out, "--train.epochs=3")))
+    checkpoints = sorted((out / "checkpoints").glob("step_*"))
+    assert len(checkpoints) == 2  # keep_checkpoints=2: epochs 2 and 3
+    weights = checkpoints[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # damaged on disk
+    caplog.set_level("WARNING")
+    result = train(parse_config(_args(tiny_dataset, out, "--train.epochs=4", "--train.resume=true")))
+    assert "falling back to" in caplog.text and checkpoints[0].name in caplog.text
+    assert [r["epoch"] for r in _history(out)] == [1, 2, 3, 4]  # epoch 3 redone from epoch 2's checkpoint
+    assert result["validation"]["count"] == load_grade_dataset(tiny_dataset)["validation"].num_rows
