@@ -135,3 +135,34 @@ def test_importing_app_starts_nothing_and_grad_cam_works_for_vit(tmp_path, phant
     canonical = decode_image(image)
     assert heat.shape == (canonical.height, canonical.width) and heat.min() >= 0 and heat.max() <= 1
     assert 0 <= grade < 5 and overlay(image, heat).size == canonical.size
+
+
+@pytest.mark.slow
+def test_fifty_concurrent_requests_are_all_answered_correctly(running_app, trained_model, three_formats):
+    import resource
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from spine_hf.inference import Predictor
+
+    expected = Predictor(trained_model).predict([three_formats[0]])[0]
+    names = ["Healthy", "Doubtful", "Minimal", "Moderate", "Severe"]
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    client = Client(running_app, verbose=False)
+    upload = handle_file(str(three_formats[0]))
+    start = time.perf_counter()
+    jobs = [client.submit(upload, False, str(trained_model), api_name="/grade") for _ in range(50)]
+    results = []
+    for job in jobs:  # 50 requests in flight at once; the app's queue answers them
+        _headline, label, _image = job.result(timeout=300)
+        scores = {c["label"]: c["confidence"] for c in label["confidences"]}
+        results.append((time.perf_counter() - start, [scores[f"{i} {n}"] for i, n in enumerate(names)]))
+    latencies = sorted(seconds for seconds, _ in results)
+    for _, probabilities in results:
+        np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-4)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    print(f"50 concurrent requests: p50 {latencies[24]:.2f} s, p95 {latencies[47]:.2f} s, max {latencies[-1]:.2f} s, "
+          f"peak RSS grew {grown_mb:.0f} MB")  # fmt: skip
+    assert grown_mb < 1024
