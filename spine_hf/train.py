@@ -134,6 +134,7 @@ def train(cfg: Config) -> dict:
                 accelerator.print(f"time limit of {cfg.train.time_limit_minutes} min reached; stopping")
                 break
         metrics = _evaluate(scored, eval_loader, accelerator, metric, cfg)
+        predictions = metrics.pop("predictions")
         train_loss = float(
             accelerator.gather(torch.tensor(np.mean(losses or [np.nan]), device=accelerator.device)).mean()
         )
@@ -152,6 +153,8 @@ def train(cfg: Config) -> dict:
             state["best_qwk"], state["best_epoch"], state["bad_epochs"] = metrics["qwk"], epoch + 1, 0
             weights = accelerator.get_state_dict(scored)  # every rank: FSDP/DeepSpeed gather here
             if accelerator.is_main_process:
+                best_predictions = {"epoch": epoch + 1, "split": cfg.data.eval_split, "predictions": predictions}
+                (out / "best_predictions.json").write_text(json.dumps(best_predictions) + "\n")
                 best = accelerator.unwrap_model(scored)
                 save_for_hub(best, cfg, preprocessing, out / "best", metrics=record, state_dict=weights)
         else:
@@ -185,6 +188,7 @@ def train(cfg: Config) -> dict:
         test_set = GradeImages(dataset[cfg.data.test_split], preprocessing, cfg.data, train=False)
         test_loader = accelerator.prepare(make_loader(test_set, cfg.train.eval_batch_size, cfg.data, False, 0))
         result[cfg.data.test_split] = _evaluate(best, test_loader, accelerator, metric, cfg)
+        result[cfg.data.test_split].pop("predictions")
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
         if cfg.hub.repo_id:
@@ -234,7 +238,10 @@ def _evaluate(model, loader, accelerator: Accelerator, metric, cfg: Config) -> d
     expected = len(loader.dataset)
     if len(references) != expected:
         raise RuntimeError(f"evaluated {len(references)} images, expected {expected}")
-    return metric.compute(predictions=predictions, references=references)
+    metrics = metric.compute(predictions=predictions, references=references)
+    # In dataset order (gather_for_metrics keeps it): lets runs be compared image by image.
+    metrics["predictions"] = predictions.tolist()
+    return metrics
 
 
 def _best_record(state: dict) -> dict:

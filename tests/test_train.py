@@ -162,3 +162,23 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ti
     assert "falling back to" in caplog.text and checkpoints[0].name in caplog.text
     assert [r["epoch"] for r in _history(out)] == [1, 2, 3, 4]  # epoch 3 redone from epoch 2's checkpoint
     assert result["validation"]["count"] == load_grade_dataset(tiny_dataset)["validation"].num_rows
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_score_the_same_weights_image_by_image(tmp_path, tiny_dataset):
+    """The same weights (a ViT without BatchNorm, learning rate 0) evaluated by 1 and by 2 processes give
+    the same prediction for every validation image, in the same order."""
+    frozen = ["--train.epochs=1", "--model.name=vit", "--model.library=transformers", "--model.image_size=32",
+              f"--model.overrides={TINY_VIT}", "--model.channels_last=false", "--optim.lr=1e-12",
+              "--optim.weight_decay=0", "--optim.min_lr_ratio=1", "--data.test_split="]  # fmt: skip
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    two, one = tmp_path / "two", tmp_path / "one"
+    run = _run(_args(tiny_dataset, two, *frozen), launcher, env={"ACCELERATE_USE_CPU": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _run(_args(tiny_dataset, one, *frozen)).returncode == 0
+    a = json.loads((one / "best_predictions.json").read_text())
+    b = json.loads((two / "best_predictions.json").read_text())
+    assert len(a["predictions"]) == load_grade_dataset(tiny_dataset)["validation"].num_rows
+    assert a["predictions"] == b["predictions"]
+    assert _history(one)[0]["validation"] == _history(two)[0]["validation"]
