@@ -168,3 +168,20 @@ def test_fifty_concurrent_requests_are_all_answered_correctly(running_app, train
     print(f"50 concurrent requests: p50 {latencies[24]:.2f} s, p95 {latencies[47]:.2f} s, max {latencies[-1]:.2f} s, "
           f"peak RSS grew {grown_mb:.0f} MB")  # fmt: skip
     assert grown_mb < 1024
+
+
+def test_app_refuses_a_decompression_bomb_with_a_message(running_app, trained_model, tmp_path):
+    import struct
+    import zlib
+
+    from gradio_client import Client, handle_file
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    bomb = tmp_path / "bomb.png"  # claims 20000 x 20000 pixels in a few bytes
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 20001)) + chunk(b"IEND", b""))  # fmt: skip
+    client = Client(running_app, verbose=False, download_files=False)
+    with pytest.raises(Exception, match="too large"):
+        client.predict(handle_file(str(bomb)), False, str(trained_model), api_name="/grade")
