@@ -52,3 +52,42 @@ def write_png(path: Path, seed: int, size: int = 32, sixteen_bit: bool = False) 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels.astype(np.uint16) * 257 if sixteen_bit else pixels).save(path)
     return path
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk with its length and CRC."""
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_bomb(side: int = 20000) -> bytes:
+    """A tiny PNG whose header claims side x side pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + header
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * (side + 1)))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def fake_hf_api():
+    """A stand-in for huggingface_hub.HfApi that records its calls: (class, calls list)."""
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+
+    return FakeApi, calls

@@ -7,7 +7,7 @@ import socket
 
 import numpy as np
 import pytest
-from factories import write_dicom
+from factories import fake_hf_api, png_bomb, write_dicom
 from PIL import Image
 
 from spine_hf.cli import main
@@ -79,19 +79,8 @@ def test_publish_tab_dry_run_and_push_keep_the_token_secret(running_app, trained
     from gradio_client import Client
 
     token = "hf_PLANTED_app_token_987"
-    calls = []
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls.append(("init", token))
-
-        def create_repo(self, repo_id, **kwargs):
-            calls.append(("create_repo", repo_id, kwargs))
-
-        def upload_folder(self, **kwargs):
-            calls.append(("upload_folder", kwargs))
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    fake_api, calls = fake_hf_api()
+    monkeypatch.setattr(huggingface_hub, "HfApi", fake_api)
     caplog.set_level("DEBUG")
     client = Client(running_app, verbose=False)
     preview = client.predict(str(trained_model), "me/grader", True, api_name="/preview")
@@ -171,17 +160,10 @@ def test_fifty_concurrent_requests_are_all_answered_correctly(running_app, train
 
 
 def test_app_refuses_a_decompression_bomb_with_a_message(running_app, trained_model, tmp_path):
-    import struct
-    import zlib
-
     from gradio_client import Client, handle_file
 
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
     bomb = tmp_path / "bomb.png"  # claims 20000 x 20000 pixels in a few bytes
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 20001)) + chunk(b"IEND", b""))  # fmt: skip
+    bomb.write_bytes(png_bomb())
     client = Client(running_app, verbose=False, download_files=False)
     with pytest.raises(Exception, match="too large"):
         client.predict(handle_file(str(bomb)), False, str(trained_model), api_name="/grade")

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from factories import fake_hf_api
 
 from spine_hf.config import Config, DataConfig, ModelConfig
 from spine_hf.grades import GRADE_NAMES
@@ -130,19 +131,8 @@ def test_push_hands_the_token_only_to_the_hub_client(trained_model, monkeypatch,
     from spine_hf.hub import push
 
     token = "hf_PLANTED_secret_token_123"
-    calls = []
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls.append(("init", token))
-
-        def create_repo(self, repo_id, **kwargs):
-            calls.append(("create_repo", repo_id, kwargs))
-
-        def upload_folder(self, **kwargs):
-            calls.append(("upload_folder", kwargs))
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    fake_api, calls = fake_hf_api()
+    monkeypatch.setattr(huggingface_hub, "HfApi", fake_api)
     caplog.set_level("DEBUG")
     plan = push(trained_model, "me/spine", private=True, token=token)
     assert calls[0] == ("init", token)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
-from factories import write_dicom
+from factories import png_bomb, png_chunk, write_dicom
 from PIL import Image
 
 from spine_hf.imaging import ImageDecodeError, decode, decode_image, to_canonical
@@ -28,13 +26,9 @@ def _png(array: np.ndarray, **save) -> bytes:
     return buffer.getvalue()
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
 def _with_sbit(png: bytes, bits: int) -> bytes:
     """Insert an sBIT chunk right after IHDR (8 signature bytes + 25 IHDR bytes)."""
-    return png[:33] + _chunk(b"sBIT", bytes([bits])) + png[33:]
+    return png[:33] + png_chunk(b"sBIT", bytes([bits])) + png[33:]
 
 
 def test_8bit_grayscale_passes_through_and_may_be_kept(gray8):
@@ -135,10 +129,8 @@ def test_truncated_png_is_reported_corrupt(tmp_path, gray8):
 
 
 def test_decompression_bomb_is_refused_before_decoding():
-    header = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
-    bomb = header + _chunk(b"IDAT", zlib.compress(b"\x00" * 20001)) + _chunk(b"IEND", b"")
     with pytest.raises(ImageDecodeError, match="too large") as caught:
-        decode(bomb)
+        decode(png_bomb())
     assert caught.value.kind == "too_large"
 
 
