@@ -32,12 +32,6 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int)
     return folder
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint under ``out/checkpoints``, or None."""
-    complete = _complete(out)
-    return complete[-1] if complete else None
-
-
 def resume_state(accelerator: Accelerator, resume: str, out: Path) -> dict:
     """Restore everything from a checkpoint (`resume`: "true" for the latest, or a path); returns its state.
 

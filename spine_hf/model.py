@@ -63,10 +63,6 @@ def build_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
     return _build_transformers(cfg)
 
 
-def is_timm_model(model: nn.Module) -> bool:
-    return not isinstance(model, HFClassifier)
-
-
 def _build_timm(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
     import timm
 
