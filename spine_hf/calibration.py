@@ -19,9 +19,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from spine_hf.data import load_grade_split
+from spine_hf.data import decode_split, load_grade_split
 from spine_hf.evaluation import expected_calibration_error
 from spine_hf.inference import Predictor
+from spine_hf.outputs import check_new_output, staged_folder
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -46,11 +47,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def calibrate_model(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
-                    split: str = "validation") -> dict:  # fmt: skip
+                    split: str = "validation", overwrite: bool = False) -> dict:  # fmt: skip
     """Fit T on `split`, write a copy of the model folder with T folded in; returns the report."""
+    check_new_output(out, overwrite)
     rows = load_grade_split(data, split)
     predictor = Predictor(model)
-    logits = predictor.logits([row["image"] for row in rows])
+    logits = predictor.logits(decode_split(rows))
     labels = np.asarray(rows["label"], dtype=np.int64)
     temperature = fit_temperature(logits, labels)
     report = {
@@ -62,15 +64,10 @@ def calibrate_model(model: str | os.PathLike, data: str | os.PathLike, out: str 
         "nll_before": nll(logits, labels),
         "nll_after": nll(logits, labels, temperature),
     }
-    out = Path(out)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(predictor.folder, partial)
-    _scale_classifier(partial, temperature)
-    (partial / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    with staged_folder(out, overwrite) as partial:
+        shutil.copytree(predictor.folder, partial, dirs_exist_ok=True)
+        _scale_classifier(partial, temperature)
+        (partial / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

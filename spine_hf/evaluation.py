@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from spine_hf.data import load_grade_split
+from spine_hf.data import decode_split, load_grade_split
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.inference import Predictor
 from spine_hf.metrics import compute_grading_metrics
+from spine_hf.outputs import check_new_output, staged_folder
 
 SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "qwk", "mae")
 ECE_BINS = 10
@@ -85,11 +86,16 @@ def evaluate_model(
     bootstrap: int = 1000,
     seed: int = 0,
     batch_size: int = 32,
+    overwrite: bool = False,
 ) -> dict:
-    """Score `model` on `split` of a converted dataset and write the files listed above; returns metrics.json."""
+    """Score `model` on `split` of a converted dataset and write the files listed above; returns metrics.json.
+
+    `out` must be new or empty unless `overwrite`; its files appear together, once all are written.
+    """
+    check_new_output(out, overwrite)
     rows = load_grade_split(data, split)
     predictor = Predictor(model, batch_size=batch_size)
-    probabilities = predictor.probabilities([row["image"] for row in rows], flip_tta=flip_tta)
+    probabilities = predictor.probabilities(decode_split(rows), flip_tta=flip_tta)
     references = np.asarray(rows["label"], dtype=np.int64)
     files = list(rows["file"]) if "file" in rows.column_names else [str(i) for i in range(len(rows))]
     predictions = probabilities.argmax(axis=1)
@@ -112,18 +118,16 @@ def evaluate_model(
         "ece": ece,
         "confusion_matrix": point["confusion_matrix"],
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    with (out / "predictions.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "true_grade", "predicted_grade", *(f"p_{name}" for name in GRADE_NAMES)])
-        for file, ref, pred, probs in zip(files, references, predictions, probabilities, strict=True):
-            writer.writerow([file, int(ref), int(pred), *(f"{p:.6f}" for p in probs)])
-    plot_confusion(
-        np.asarray(point["confusion_matrix"]), out / "confusion_matrix.png", f"{split}: {len(references)} images"
-    )
-    plot_reliability(bins, ece, out / "reliability.png")
+    with staged_folder(out, overwrite) as partial:
+        (partial / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        with (partial / "predictions.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "true_grade", "predicted_grade", *(f"p_{name}" for name in GRADE_NAMES)])
+            for file, ref, pred, probs in zip(files, references, predictions, probabilities, strict=True):
+                writer.writerow([file, int(ref), int(pred), *(f"{p:.6f}" for p in probs)])
+        matrix = np.asarray(point["confusion_matrix"])
+        plot_confusion(matrix, partial / "confusion_matrix.png", f"{split}: {len(references)} images")
+        plot_reliability(bins, ece, partial / "reliability.png")
     return result
 
 

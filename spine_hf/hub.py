@@ -23,6 +23,7 @@ from torch import nn
 from spine_hf.config import Config, config_to_yaml
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.model import HFClassifier, Preprocessing, resolve_library
+from spine_hf.outputs import replace_folder
 
 CONFIG_FILE = "spine_hf_config.yaml"
 METRICS_FILE = "metrics.json"
@@ -62,7 +63,7 @@ def save_for_hub(
         # A full disk or a crash while writing leaves the previous folder exactly as it was.
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    _replace_dir(partial, out_dir)
+    replace_folder(partial, out_dir)
     return out_dir
 
 
@@ -250,11 +251,3 @@ def _save_transformers(model: HFClassifier, preprocessing: Preprocessing, out_di
         image_std=list(preprocessing.std),
     )
     processor.save_pretrained(out_dir)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -30,6 +30,7 @@ from PIL import Image, PngImagePlugin
 
 from spine_hf.grades import NUM_GRADES, grade_folder
 from spine_hf.layout import write_patients
+from spine_hf.outputs import staged_folder
 
 DESCRIPTION = "Synthetic lumbar-spine phantom made by spine-hf; not an image of a patient."
 # Fraction of each disc's normal height lost at grade 4, per level L1-2 ... L5-S1.
@@ -63,28 +64,27 @@ def make_phantoms(
         raise ValueError("per_grade must be at least 1 and size at least 32 pixels")
     start = time.perf_counter()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new folder for the phantoms")
     patients: dict[str, str] = {}
     counts, sixteen = [0] * NUM_GRADES, 0
     patient_number = 0
-    for grade in range(NUM_GRADES):
-        folder = out / grade_folder(grade)
-        folder.mkdir(parents=True, exist_ok=True)
-        while counts[grade] < per_grade:
-            patient_number += 1
-            rng = np.random.default_rng([seed, grade, patient_number])
-            anatomy = _sample_anatomy(rng, grade)
-            views = 2 if rng.random() < second_view and counts[grade] + 2 <= per_grade else 1
-            for view in "ab"[:views]:
-                pixels = render_phantom(anatomy, rng, size)
-                name = f"ph{patient_number:05d}_{view}.png"
-                deep = rng.random() < share_16bit
-                _save_png(folder / name, pixels, deep)
-                sixteen += deep
-                patients[f"{grade_folder(grade)}/{name}"] = f"ph{patient_number:05d}"
-                counts[grade] += 1
-    write_patients(out, patients)
+    with staged_folder(out) as partial:  # refuses a non-empty OUT; appears only when complete
+        for grade in range(NUM_GRADES):
+            folder = partial / grade_folder(grade)
+            folder.mkdir(parents=True, exist_ok=True)
+            while counts[grade] < per_grade:
+                patient_number += 1
+                rng = np.random.default_rng([seed, grade, patient_number])
+                anatomy = _sample_anatomy(rng, grade)
+                views = 2 if rng.random() < second_view and counts[grade] + 2 <= per_grade else 1
+                for view in "ab"[:views]:
+                    pixels = render_phantom(anatomy, rng, size)
+                    name = f"ph{patient_number:05d}_{view}.png"
+                    deep = rng.random() < share_16bit
+                    _save_png(folder / name, pixels, deep)
+                    sixteen += deep
+                    patients[f"{grade_folder(grade)}/{name}"] = f"ph{patient_number:05d}"
+                    counts[grade] += 1
+        write_patients(partial, patients)
     return PhantomReport(out, counts, patient_number, sixteen, time.perf_counter() - start)
 
 

@@ -36,6 +36,22 @@ def test_evaluate_writes_metrics_with_intervals_plots_and_csv(trained_model, tmp
             assert image.size[0] > 400 and image.size[1] > 400
 
 
+def test_evaluate_and_calibrate_replace_a_non_empty_folder_only_with_overwrite(trained_model, tmp_path, capsys):
+    data = trained_model.parent.parent / "dataset"
+    for command in (["evaluate", "--bootstrap", "10"], ["calibrate"]):
+        out = tmp_path / command[0]
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        args = [*command, "--model", str(trained_model), "--data", str(data), "--out", str(out)]
+        assert main(args) == 1
+        assert "--overwrite" in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+        assert main([*args, "--overwrite"]) == 0
+        assert not (out / "notes.txt").exists() and (out / ("metrics.json" if command[0] == "evaluate" else
+                                                             "calibration.json")).is_file()  # fmt: skip
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
 def test_flip_tta_is_recorded(trained_model, tmp_path):
     from spine_hf.evaluation import evaluate_model
 
