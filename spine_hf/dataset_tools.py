@@ -1,14 +1,17 @@
 """Preparing grade folders: `init` the layout, `organize` a flat pool from a CSV, `split` by patient.
 
-Nothing here changes or deletes a user's file unless `move=True`, and nothing is overwritten: a
-destination that already holds the same bytes counts as done (so an interrupted run can be
-repeated), one that holds different bytes is reported and left alone.
+Nothing here changes or deletes a user's file unless `move=True`, and nothing is overwritten:
+`organize` and `split` write into a hidden ``.OUT.partial`` folder beside OUT and rename it to OUT
+only when it is complete, so an interrupted run leaves no OUT that looks finished. With
+`move=True` the sources are removed only after that rename (until then the output holds hard
+links or copies), so an interruption never strands a file. OUT must be new or empty: there is no
+merge and no overwrite, because a pool may hold the only copy of files moved there.
 """
 
 from __future__ import annotations
 
 import csv
-import filecmp
+import logging
 import os
 import re
 import shutil
@@ -34,6 +37,9 @@ from spine_hf.layout import (
     tolerated_problems,
     write_patients,
 )
+from spine_hf.verify import undecodable_problems
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 _FILE_COLUMNS = ("file", "filename", "file_name", "path", "image", "image_path")
@@ -63,8 +69,6 @@ class OrganizeReport:
     out: Path
     # grade -> files placed (copied or moved) by this run
     placed: list[int] = field(default_factory=lambda: [0] * NUM_GRADES)
-    # grade -> files that were already at their destination with the same content
-    present: list[int] = field(default_factory=lambda: [0] * NUM_GRADES)
     # Problems; `path` is "labels.csv:LINE" for a row of the CSV.
     problems: list[Problem] = field(default_factory=list)
     rows: int = 0
@@ -89,7 +93,8 @@ def organize(
     or grade names. File paths are relative to `images`; a bare file name is also found in a
     sub-folder when it is unique there. Every bad row is reported with its line number, the good
     rows are still placed, and images in `images` that the CSV does not mention are listed.
-    Patient ids, when given, go to ``OUT/patients.csv`` for `split`.
+    Patient ids, when given, go to ``OUT/patients.csv`` for `split`. Files that cannot be decoded
+    are placed like the others (nothing is dropped) and reported as warnings.
     """
     start = time.perf_counter()
     images, labels, out = Path(images), Path(labels), Path(out)
@@ -98,6 +103,19 @@ def organize(
         raise FileNotFoundError(f"{images}: the image folder does not exist")
     pool = _index_files(images)
     rows = _read_label_rows(labels)
+    staged = _StagedOutput(out, move)
+    try:
+        _organize_rows(images, labels, rows, pool, staged, report)
+        staged.publish()
+    finally:
+        staged.discard()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _organize_rows(
+    images: Path, labels: Path, rows: list, pool: dict[str, Path], staged: _StagedOutput, report: OrganizeReport
+) -> None:
     report.rows = len(rows)
     tag = labels.name
     chosen: dict[str, tuple[int, int]] = {}  # relative source -> (line, grade)
@@ -112,14 +130,31 @@ def organize(
             continue
         source, trouble = _resolve(images, pool, name)
         if source is None:
-            report.problems.append(Problem("error", "missing_file", where, f"{name}: {trouble}"))
+            report.problems.append(Problem("error", "missing_file", where, f"{display_path(name)}: {trouble}"))
             continue
         rel = source.relative_to(images).as_posix()
+        if not source.exists():  # a link to nothing, or to itself
+            chosen.setdefault(rel, (line, grade))
+            report.problems.append(
+                Problem(
+                    "error",
+                    "broken_link",
+                    where,
+                    f"{display_path(name)} is a link that leads nowhere (broken, or a loop); "
+                    "replace it with the image file",
+                )
+            )
+            continue
         if rel in chosen:
             first_line, first_grade = chosen[rel]
             if first_grade == grade:
                 report.problems.append(
-                    Problem("warning", "duplicate_row", where, f"{name} is listed again (first on line {first_line})")
+                    Problem(
+                        "warning",
+                        "duplicate_row",
+                        where,
+                        f"{display_path(name)} is listed again (first on line {first_line})",
+                    )
                 )
             else:
                 report.problems.append(
@@ -127,40 +162,27 @@ def organize(
                         "error",
                         "conflicting_rows",
                         where,
-                        f"{name} has grade {grade} here but grade {first_grade} on line {first_line}; "
+                        f"{display_path(name)} has grade {grade} here but grade {first_grade} on line {first_line}; "
                         "the first row was used",
                     )
                 )
             continue
         chosen[rel] = (line, grade)
-        target_name = _unique_name(placed_names, grade, rel)
-        destination = out / grade_folder(grade) / target_name
-        status = _place(source, destination, move)
-        if status == "clash":
-            report.problems.append(
-                Problem(
-                    "error",
-                    "exists",
-                    where,
-                    f"{display_path(destination)} already exists with other content; it was left as it is",
-                )
-            )
-            continue
-        (report.placed if status == "placed" else report.present)[grade] += 1
+        target = f"{grade_folder(grade)}/{_unique_name(placed_names, grade, rel)}"
+        staged.place(source, target)
+        report.placed[grade] += 1
         if patient:
-            patients[f"{grade_folder(grade)}/{target_name}"] = patient
+            patients[target] = patient
         else:
-            report.problems.append(Problem("info", "no_patient_id", where, f"{name} has no patient id"))
+            report.problems.append(Problem("info", "no_patient_id", where, f"{display_path(name)} has no patient id"))
     unlisted = sorted(set(pool) - set(chosen))
     for rel in unlisted:
         report.problems.append(
             Problem("warning", "not_in_csv", display_path(rel), "is in the image folder but not in the CSV; not copied")
         )
+    report.problems += undecodable_problems(staged.placed)
     if patients:
-        known = read_patients(out) or {}
-        write_patients(out, {**known, **patients})
-    report.seconds = time.perf_counter() - start
-    return report
+        write_patients(staged.dir, patients)
 
 
 def _read_label_rows(labels: Path, need_grade: bool = True) -> list[tuple[int, str, str, str]]:
@@ -169,10 +191,14 @@ def _read_label_rows(labels: Path, need_grade: bool = True) -> list[tuple[int, s
     With a header, columns are found by name (the grade column only when `need_grade`); without
     one, they are file, grade, patient id in that order.
     """
+    data = labels.read_bytes()
     try:
-        text = labels.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{labels}: not UTF-8 text ({err}); save the CSV as UTF-8") from err
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # A CSV in a legacy encoding names files whose names on disk are usually in the same one:
+        # keeping the bytes (as Python keeps file names) matches them exactly.
+        logger.warning("%s is not UTF-8; its file names are matched to the files byte for byte", labels)
+        text = data.decode("utf-8", errors="surrogateescape")
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
@@ -212,7 +238,7 @@ def _index_files(root: Path) -> dict[str, Path]:
         dirnames.sort()
         for name in filenames:
             path = Path(dirpath) / name
-            if path.is_file():
+            if path.is_file() or path.is_symlink():  # links that lead nowhere are reported by name later
                 files[path.relative_to(root).as_posix()] = path
     return files
 
@@ -225,12 +251,24 @@ def _resolve(images: Path, pool: dict[str, Path], name: str) -> tuple[Path | Non
         return None, f"must be a path inside {images} (no absolute paths or '..')"
     if rel.as_posix() in pool:
         return pool[rel.as_posix()], ""
-    matches = [path for key, path in pool.items() if key.rsplit("/", 1)[-1] == rel.name]
+    legacy = _legacy_name(rel.as_posix())
+    if legacy in pool:  # a UTF-8 CSV naming a file whose name on disk is Latin-1/cp1252
+        return pool[legacy], ""
+    names = {rel.name, legacy.rsplit("/", 1)[-1]}
+    matches = [path for key, path in pool.items() if key.rsplit("/", 1)[-1] in names]
     if len(matches) == 1:
         return matches[0], ""
     if len(matches) > 1:
         return None, f"the name matches {len(matches)} files in sub-folders; give its relative path"
     return None, f"no such file in {images}"
+
+
+def _legacy_name(name: str) -> str:
+    """How Python sees `name` when it was saved to disk in cp1252 (the common non-UTF-8 encoding)."""
+    try:
+        return os.fsdecode(name.encode("cp1252"))
+    except UnicodeEncodeError:
+        return name
 
 
 def _unique_name(taken: dict[tuple[object, str], str], folder: object, rel: str) -> str:
@@ -242,18 +280,47 @@ def _unique_name(taken: dict[tuple[object, str], str], folder: object, rel: str)
     return name
 
 
-def _place(source: Path, destination: Path, move: bool) -> str:
-    """Copy (or move) without overwriting: "placed", "present" (same bytes there) or "clash"."""
-    if destination.exists():
-        return "present" if filecmp.cmp(source, destination, shallow=False) else "clash"
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if move:
-        shutil.move(source, destination)
-        return "placed"
-    partial = destination.with_name(f".{destination.name}.partial")
-    shutil.copy2(source, partial)
-    os.replace(partial, destination)  # a crash never leaves a half-copied image under its real name
-    return "placed"
+class _StagedOutput:
+    """Files gathered in ``.OUT.partial`` beside OUT, renamed to OUT only when complete."""
+
+    def __init__(self, out: Path, move: bool):
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ValueError(
+                f"{out} already exists and is not empty; choose a new output folder (nothing is ever merged "
+                "into or overwritten in an existing one)"
+            )
+        self.out, self.move = out, move
+        self.dir = out.parent / f".{out.name}.partial"
+        # Left by an interrupted run: it only ever holds copies and links, so it can go.
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        # (source, path inside OUT) of every file placed
+        self.placed: list[tuple[Path, str]] = []
+
+    def place(self, source: Path, rel: str) -> None:
+        """Copy `source` to OUT/rel (hard-link it when moving: the source goes once OUT is published)."""
+        destination = self.dir / rel
+        if destination.exists():
+            raise RuntimeError(f"{display_path(rel)} would be written twice; nothing was overwritten")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if not self.move:
+                raise OSError  # a copy never shares its bytes with the user's file
+            os.link(source, destination)
+        except OSError:
+            shutil.copy2(source, destination)
+        self.placed.append((source, rel))
+
+    def publish(self) -> None:
+        if self.out.exists():
+            self.out.rmdir()  # checked empty above
+        os.replace(self.dir, self.out)
+        if self.move:
+            for source, _ in self.placed:
+                source.unlink()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ split
@@ -334,9 +401,19 @@ def split_dataset(
             ],
         )
     require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty; choose a new output folder")
     problems = tolerated_problems(layout)
+    staged = _StagedOutput(out, move)
+    try:
+        report = _split_into(layout, source, staged, ratios, seed, group_regex, groups_csv, problems)
+        staged.publish()
+    finally:
+        staged.discard()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _split_into(layout, source, staged, ratios, seed, group_regex, groups_csv, problems) -> SplitReport:
+    """Assign patients to splits and place their images in the staging folder."""
     groups, grouping = _groups_for(layout.images, source, group_regex, groups_csv)
     if grouping == "none":
         problems.append(
@@ -357,13 +434,13 @@ def split_dataset(
         for entry in entries:
             name = _unique_name(taken, (split, entry.grade), entry.rel)
             rel_out = f"{SPLIT_FOLDERS[split]}/{grade_folder(entry.grade)}/{name}"
-            if _place(entry.path, out / rel_out, move) == "clash":
-                raise RuntimeError(f"{out / rel_out} appeared while splitting; nothing was overwritten")
+            staged.place(entry.path, rel_out)
             counts[split][entry.grade] += 1
             if grouping != "none":
                 patients[rel_out] = group
     if patients:
-        write_patients(out, patients)
+        write_patients(staged.dir, patients)
+    problems += undecodable_problems(staged.placed)
     for grade in range(NUM_GRADES):
         for split, ratio in zip(SPLITS, ratios, strict=True):
             if ratio > 0 and counts[split][grade] == 0 and sum(c[grade] for c in counts.values()):
@@ -377,12 +454,11 @@ def split_dataset(
                 )
     group_counts = Counter(assignment.values())
     return SplitReport(
-        out=out,
+        out=staged.out,
         counts=counts,
         groups={split: group_counts.get(split, 0) for split in SPLITS},
         grouping=grouping,
         problems=problems,
-        seconds=time.perf_counter() - start,
     )
 
 

@@ -148,6 +148,30 @@ def verify_dataset(
     )
 
 
+def undecodable_problems(files: list[tuple[Path, str]], workers: int | None = None) -> list[Problem]:
+    """Warnings for the (path, name shown) files the project's decoder refuses: placed, but unusable."""
+
+    def check(path: Path) -> ImageDecodeError | None:
+        try:
+            decode(path)
+        except ImageDecodeError as err:
+            return err
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        failures = list(pool.map(check, [path for path, _ in files]))
+    return [
+        Problem(
+            "warning",
+            err.kind,
+            display_path(shown),
+            f"{err.problem}. {err.fix} (placed unchanged; `verify` and `convert` refuse it until it is fixed)",
+        )
+        for (_, shown), err in zip(files, failures, strict=True)
+        if err is not None
+    ]
+
+
 def _inspect_all(layout: Layout, workers: int | None) -> dict[ImageEntry, ImageFacts | ImageDecodeError]:
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return dict(zip(layout.images, pool.map(_inspect, layout.images), strict=True))

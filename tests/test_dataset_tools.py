@@ -75,19 +75,47 @@ def test_organize_sorts_by_csv_and_reports_every_bad_row_by_line(tmp_path, raw):
     }
 
 
-def test_organize_never_overwrites_and_can_be_rerun(tmp_path, raw):
+def test_organize_never_touches_an_existing_output(tmp_path, raw):
     labels = tmp_path / "labels.csv"
     labels.write_text("img0.png,0\nimg1.png,1\n")  # no header: file,grade
     out = tmp_path / "out"
     first = organize(raw, labels, out)
     assert first.placed == [1, 1, 0, 0, 0] and not first.errors
-    again = organize(raw, labels, out)
-    assert again.placed == [0] * 5 and again.present == [1, 1, 0, 0, 0] and not again.errors
-    write_png(out / "grade_1" / "img1.png", seed=99)  # someone else's file under the same name
-    precious = (out / "grade_1" / "img1.png").read_bytes()
-    clash = organize(raw, labels, out)
-    assert [p.code for p in clash.errors] == ["exists"]
-    assert (out / "grade_1" / "img1.png").read_bytes() == precious
+    before = _digest_tree(out)
+    with pytest.raises(ValueError, match="not empty"):
+        organize(raw, labels, out)
+    assert _digest_tree(out) == before
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_an_interrupted_organize_leaves_no_output_and_loses_no_file(tmp_path, raw, monkeypatch, move):
+    from spine_hf import dataset_tools
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("img0.png,0\nimg1.png,1\nimg2.png,4\n")
+    before = _digest_tree(raw)
+    calls = []
+    real_place = dataset_tools._StagedOutput.place
+
+    def place_then_die(self, source, rel):
+        calls.append(rel)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the copy
+        real_place(self, source, rel)
+
+    monkeypatch.setattr(dataset_tools._StagedOutput, "place", place_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        organize(raw, labels, tmp_path / "out", move=move)
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "raw"]  # no staging left either
+    assert _digest_tree(raw) == before
+    monkeypatch.undo()
+    report = organize(raw, labels, tmp_path / "out", move=move)  # the rerun simply works
+    assert report.placed == [1, 1, 0, 0, 1]
+    listed = {"img0.png", "img1.png", "img2.png"}
+    after = _digest_tree(raw)
+    assert after == ({k: v for k, v in before.items() if k not in listed} if move else before)
+    assert set(_digest_tree(tmp_path / "out").values()) == {before[name] for name in listed}
 
 
 def test_organize_moves_only_when_asked(tmp_path, raw):
@@ -166,6 +194,26 @@ def test_split_refuses_unmatched_names_and_non_empty_output(tmp_path, pool):
     (tmp_path / "busy" / "x").write_text("keep me")
     with pytest.raises(ValueError, match="not empty"):
         split_dataset(pool, tmp_path / "busy")
+
+
+def test_an_interrupted_split_leaves_no_output_and_loses_no_file(tmp_path, pool, monkeypatch):
+    from spine_hf import dataset_tools
+
+    before = _digest_tree(pool)
+    real_place = dataset_tools._StagedOutput.place
+    calls = []
+
+    def place_then_die(self, source, rel):
+        calls.append(rel)
+        if len(calls) == 40:
+            raise OSError(28, "No space left on device")
+        real_place(self, source, rel)
+
+    monkeypatch.setattr(dataset_tools._StagedOutput, "place", place_then_die)
+    with pytest.raises(OSError, match="No space"):
+        split_dataset(pool, tmp_path / "o", move=True)
+    assert not (tmp_path / "o").exists() and not (tmp_path / ".o.partial").exists()
+    assert _digest_tree(pool) == before
 
 
 def test_split_without_patient_ids_warns(tmp_path, pool):
