@@ -138,6 +138,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # "" to start fresh, "true" to continue from the latest checkpoint in output_dir, or a checkpoint path.
     resume: str = ""
+    # Start afresh in an output_dir that holds an earlier run (its checkpoints are deleted first;
+    # best/ is replaced when the new run saves its first best model). Without it such a dir is refused.
+    overwrite: bool = False
     # Write a tensorboard log under output_dir/logs.
     tensorboard: bool = False
     # Stop gracefully after this many minutes of training (0 = no limit); the best model is kept.

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,8 @@ def train(cfg: Config) -> dict:
     state["history"] = []
     if cfg.train.resume:
         state = resume_state(accelerator, cfg.train.resume, out)
+    else:
+        _claim_output_dir(accelerator, out, cfg.train.overwrite)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -251,6 +254,24 @@ def _best_record(state: dict) -> dict:
     return {}
 
 
+def _claim_output_dir(accelerator: Accelerator, out: Path, overwrite: bool) -> None:
+    """A fresh run must not mix with (or silently replace) an earlier run in the same folder."""
+    earlier = [name for name in ("config.yaml", "best", "checkpoints", "metrics.json") if (out / name).exists()]
+    accelerator.wait_for_everyone()  # every process has looked before any of them writes
+    if not earlier:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"{out} holds an earlier run ({', '.join(earlier)}): continue it with --train.resume=true, replace it "
+            "with --train.overwrite=true, or choose another --train.output_dir"
+        )
+    if accelerator.is_main_process:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # never resume into the old run by mistake
+        for name in ("metrics.json", "results.json", "best_predictions.json"):
+            (out / name).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("spine_hf").setLevel(logging.INFO)
@@ -259,7 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as err:  # bad data or folders: the message names the file and the fix
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     for split, metrics in result.items():
         if isinstance(metrics, dict) and "qwk" in metrics:
             print(f"{split}: QWK {metrics['qwk']:.4f}  accuracy {metrics['accuracy']:.4f}  MAE {metrics['mae']:.4f}")

@@ -129,6 +129,19 @@ def test_kill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(tmp_pa
     assert json.loads((killed / "results.json").read_text()) == json.loads((straight / "results.json").read_text())
 
 
+def test_an_earlier_run_is_continued_or_replaced_only_when_asked(tmp_path, tiny_dataset, capsys):
+    from spine_hf.train import main
+
+    out = tmp_path / "run"
+    assert main(_args(tiny_dataset, out, "--train.epochs=1")) == 0
+    best = (out / "best" / "model.safetensors").read_bytes()
+    assert main(_args(tiny_dataset, out, "--train.epochs=1")) == 2
+    assert "--train.resume=true" in capsys.readouterr().err
+    assert (out / "best" / "model.safetensors").read_bytes() == best  # untouched
+    assert main(_args(tiny_dataset, out, "--train.epochs=1", "--train.overwrite=true", "--train.seed=7")) == 0
+    assert [r["epoch"] for r in _history(out)] == [1]  # a new history, not appended to the old one
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_see_every_validation_image_once(tmp_path, tiny_dataset):
     validation = load_grade_dataset(tiny_dataset)["validation"].num_rows
