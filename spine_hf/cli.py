@@ -14,6 +14,9 @@ EXIT_OK, EXIT_PROBLEMS = 0, 1
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not crash a report
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if argv[:1] == ["app"]:
         from spine_hf.demo import main as app_main
 
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="folder for metrics.json, PNGs and predictions.csv")
     evaluate.add_argument("--flip-tta", action="store_true", help="average with the horizontally flipped image")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the intervals")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT when done")
     evaluate.set_defaults(handler=_evaluate)
 
     calibrate = commands.add_parser("calibrate", help="fit a temperature on validation and fold it into the model")
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--data", required=True, help="dataset folder from `spine-hf data convert`")
     calibrate.add_argument("--split", default="validation")
     calibrate.add_argument("--out", required=True, help="folder for the calibrated copy of the model")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT once the copy is ready")
     calibrate.set_defaults(handler=_calibrate)
 
     predict = commands.add_parser("predict", help="grade image files: one JSON line per file")
@@ -140,7 +145,7 @@ def _evaluate(args) -> int:
     from spine_hf.evaluation import evaluate_model
 
     result = evaluate_model(args.model, args.data, args.out, split=args.split, flip_tta=args.flip_tta,
-                            bootstrap=args.bootstrap)  # fmt: skip
+                            bootstrap=args.bootstrap, overwrite=args.overwrite)  # fmt: skip
     print(f"{result['split']}: {result['count']} images" + (" (flip TTA)" if args.flip_tta else ""))
     for name, entry in result["metrics"].items():
         low, high = entry["ci95"]
@@ -155,7 +160,7 @@ def _evaluate(args) -> int:
 def _calibrate(args) -> int:
     from spine_hf.calibration import calibrate_model
 
-    report = calibrate_model(args.model, args.data, args.out, split=args.split)
+    report = calibrate_model(args.model, args.data, args.out, split=args.split, overwrite=args.overwrite)
     print(
         f"temperature {report['temperature']:.4f} fitted on {report['split']} ({report['count']} images): "
         f"ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}, "
@@ -167,7 +172,7 @@ def _calibrate(args) -> int:
 def _predict(args) -> int:
     import json
 
-    from spine_hf.imaging import ImageDecodeError
+    from spine_hf.imaging import ImageDecodeError, display_path
     from spine_hf.inference import Predictor
 
     predictor = Predictor(args.model, batch_size=args.batch_size)
@@ -175,10 +180,10 @@ def _predict(args) -> int:
     for file in args.files:  # one file at a time so that a bad file costs only its own line
         try:
             (prediction,) = predictor.predict([file], flip_tta=args.flip_tta)
-            print(json.dumps({"file": file, **prediction.to_json()}))
+            print(json.dumps({"file": display_path(file), **prediction.to_json()}))
         except ImageDecodeError as err:
             failed += 1
-            print(json.dumps({"file": file, "error": str(err)}))
+            print(json.dumps({"file": display_path(file), "error": str(err)}))
     return EXIT_PROBLEMS if failed else EXIT_OK
 
 
@@ -207,12 +212,9 @@ def _organize(args) -> int:
 
     report = organize(args.images, args.labels, args.out, move=args.move)
     _print_problems(report.problems, 50)
-    print(_grade_table({"placed": report.placed, "already there": report.present}))
     verb = "moved" if args.move else "copied"
-    print(
-        f"{report.rows} CSV rows: {sum(report.placed)} {verb}, {sum(report.present)} already in place, "
-        f"{len(report.errors)} errors; {report.seconds:.2f} s"
-    )
+    print(_grade_table({verb: report.placed}))
+    print(f"{report.rows} CSV rows: {sum(report.placed)} {verb}, {len(report.errors)} errors; {report.seconds:.2f} s")
     return EXIT_PROBLEMS if report.errors else EXIT_OK
 
 

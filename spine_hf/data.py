@@ -164,6 +164,18 @@ def load_grade_dataset(path: str | os.PathLike):
     """Load a dataset written by `convert_to_dataset` and check that it has the grade labels."""
     import datasets
 
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{path}: no such dataset folder; build one with `spine-hf data convert IMAGES {path}`")
+    if (folder / "state.json").is_file():
+        raise ValueError(f"{path} holds a single Dataset; spine-hf needs a DatasetDict with named splits")
+    if not (folder / "dataset_dict.json").is_file():
+        if scan(folder).images:
+            raise ValueError(
+                f"{path} is a folder of images, not a converted dataset; run `spine-hf data convert {path} OUT` "
+                "and pass OUT"
+            )
+        raise ValueError(f"{path} is not a dataset written by `spine-hf data convert` (no dataset_dict.json)")
     dataset = datasets.load_from_disk(str(path))
     for split, part in dataset.items():
         label = part.features.get("label")
@@ -183,6 +195,34 @@ def load_grade_split(path: str | os.PathLike, split: str):
     return dataset[split]
 
 
+def decode_split(rows) -> list:
+    """Every image of a dataset split as a canonical PIL image; one error lists every row that fails."""
+    from datasets import Image as ImageFeature
+
+    from spine_hf.imaging import decode_image
+
+    cells = rows.cast_column("image", ImageFeature(decode=False))["image"]
+    names = rows["file"] if "file" in rows.column_names else [cell.get("path") or "" for cell in cells]
+
+    def one(index: int):
+        cell = cells[index]
+        try:
+            return decode_image(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
+        except ImageDecodeError as err:
+            return f"row {index} ({display_path(names[index] or 'embedded image')}): {err.problem}"
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        images = list(pool.map(one, range(len(cells))))
+    failures = [image for image in images if isinstance(image, str)]
+    if failures:
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        raise ValueError(
+            f"{len(failures)} images of this dataset cannot be decoded (rebuild it with `spine-hf data convert`, "
+            "which checks every image):\n  " + "\n  ".join(failures[:20]) + more
+        )
+    return images
+
+
 def _stage_all(entries: Iterable[ImageEntry], staging: Path, workers: int | None) -> list[_Staged | Problem]:
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(lambda item: _stage(item[1], item[0], staging), enumerate(entries)))
@@ -198,8 +238,10 @@ def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
     # `save_to_disk` stores as the image's path.
     folder = Path(grade_folder(entry.grade)) / f"{index:07d}"
     (staging / entry.split / folder).mkdir(parents=True, exist_ok=True)
-    name = entry.path.name
-    in_split = entry.rel.split("/", 1)[1]
+    # Names that are not valid UTF-8 cannot go into metadata.jsonl: the staged copy gets a readable
+    # stand-in (U+FFFD for the bad bytes) and the `file` column keeps the original, byte-escaped.
+    name = os.fsencode(entry.path.name).decode("utf-8", errors="replace")
+    in_split = display_path(entry.rel.split("/", 1)[1])
     if decoded.format == "DICOM":
         digest = hashlib.sha256(np.asarray(decoded.image).tobytes()).hexdigest()[:16]
         name = f"dicom-{digest}.png"

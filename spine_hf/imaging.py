@@ -31,6 +31,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
+# pydicom logs a traceback for every codec that fails; the failure reaches the user as an
+# ImageDecodeError that names the file and the fix, so its log is noise.
+logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 
 CANONICAL_MODE = "L"
 # 8192 x 8192: four times the largest plain radiograph (43 cm at 100 um), far below a bomb.
@@ -54,8 +57,9 @@ class ImageDecodeError(ValueError):
     """
 
     def __init__(self, name: str, kind: str, problem: str, fix: str):
-        self.name, self.kind, self.problem, self.fix = name, kind, problem, fix
-        super().__init__(f"{name}: {problem}. {fix}")
+        # One line, whatever the underlying library wrote: reports list one problem per line.
+        self.name, self.kind, self.problem, self.fix = display_path(name), kind, " ".join(problem.split()), fix
+        super().__init__(f"{self.name}: {problem}. {fix}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,11 @@ def to_canonical(image: Image.Image | np.ndarray) -> Image.Image:
         return image
     gray, _ = _pil_to_gray8(image, significant_bits=None)
     return gray
+
+
+def display_path(text: str | os.PathLike) -> str:
+    """A path that prints safely even when its name is not valid UTF-8 (bad bytes as \\xNN)."""
+    return os.fsencode(text).decode("utf-8", errors="backslashreplace")
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

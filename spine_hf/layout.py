@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from spine_hf.grades import parse_grade
-from spine_hf.imaging import is_image_file
+from spine_hf.imaging import display_path, is_image_file
 
 # Folder name as users write it -> the split's name in a `datasets.DatasetDict`.
 SPLIT_ALIASES = {
@@ -92,11 +92,6 @@ class DatasetLayoutError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  {p.path}: {p.message}" for p in self.problems)
         super().__init__(f"{root} cannot be used as it is:\n{lines}")
-
-
-def display_path(text: str | os.PathLike) -> str:
-    """A path that prints safely even when its name is not valid UTF-8."""
-    return os.fsencode(text).decode("utf-8", errors="backslashreplace")
 
 
 def scan(root: str | os.PathLike) -> Layout:
@@ -175,7 +170,8 @@ def read_patients(root: str | os.PathLike) -> dict[str, str] | None:
     path = Path(root) / PATIENTS_FILE
     if not path.is_file():
         return None
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    # surrogateescape: file names that are not UTF-8 round-trip byte for byte.
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"file", "patient_id"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: needs the columns file,patient_id (found {reader.fieldnames})")
@@ -185,7 +181,7 @@ def read_patients(root: str | os.PathLike) -> dict[str, str] | None:
 def write_patients(root: str | os.PathLike, patients: dict[str, str]) -> Path:
     """Write ``ROOT/patients.csv`` sorted by file."""
     path = Path(root) / PATIENTS_FILE
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "patient_id"])
         writer.writerows(sorted(patients.items()))
@@ -305,7 +301,13 @@ def _scan_grade_folder(layout: Layout, folder: Path, rel_folder: str, split: str
             if _is_ignorable(layout, path, rel):
                 continue
             if path.is_symlink() and not path.exists():
-                layout.add("error", "broken_link", display_path(rel), "is a link to a file that does not exist")
+                layout.add(
+                    "error",
+                    "broken_link",
+                    display_path(rel),
+                    "is a link that leads nowhere (a missing target, or a loop); replace it with the image file "
+                    "or remove it",
+                )
                 continue
             layout.images.append(ImageEntry(path, rel, split, grade, depth))
 

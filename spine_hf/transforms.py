@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from spine_hf.config import DataConfig
-from spine_hf.imaging import decode_image
+from spine_hf.imaging import ImageDecodeError, decode_image, display_path
 from spine_hf.model import Preprocessing
 
 # Training squares are this much larger than the model input, so that crops have room.
@@ -70,16 +70,29 @@ class GradeImages(Dataset):
 
     def _square(self, index: int) -> np.ndarray:
         cell = self.rows[index]["image"]
-        return load_square(cell.get("bytes"), cell.get("path"), self.side)
+        try:
+            return load_square(cell.get("bytes"), cell.get("path"), self.side)
+        except ImageDecodeError as err:
+            raise ValueError(
+                f"row {index} ({display_path(cell.get('path') or 'embedded image')}) of this dataset cannot be "
+                f"decoded: {err.problem}. Rebuild the dataset with `spine-hf data convert`, which checks every image"
+            ) from err
 
     def _fill_cache(self) -> torch.Tensor:
         cache = torch.empty((len(self), 1, self.side, self.side), dtype=torch.uint8)
 
-        def fill(index: int) -> None:
-            cache[index, 0] = torch.from_numpy(self._square(index))
+        def fill(index: int) -> str | None:
+            try:
+                cache[index, 0] = torch.from_numpy(self._square(index))
+            except ValueError as err:
+                return str(err)
+            return None
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            list(pool.map(fill, range(len(self))))
+            failures = [message for message in pool.map(fill, range(len(self))) if message]
+        if failures:  # all of them at once, not one per attempt
+            more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+            raise ValueError(f"{len(failures)} images cannot be used:\n  " + "\n  ".join(failures[:20]) + more)
         return cache
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -61,3 +62,17 @@ def trained_model(tmp_path_factory, phantom_split) -> Path:
             "--train.batch_size=8", "--train.ema_decay=0"]  # fmt: skip
     train(parse_config(args))
     return root / "run" / "best"
+
+
+@pytest.fixture(scope="session")
+def running_app(trained_model, tmp_path_factory):
+    """The Gradio app serving `trained_model` on 127.0.0.1 (uploads up to 5 MB): its URL."""
+    from spine_hf.demo import build_app
+
+    app = build_app(str(trained_model), examples_dir=tmp_path_factory.mktemp("examples"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="5mb", quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()

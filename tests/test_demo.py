@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -12,23 +11,6 @@ from PIL import Image
 
 from spine_hf.cli import main
 from spine_hf.imaging import decode_image
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def running_app(trained_model, tmp_path_factory):
-    from spine_hf.demo import build_app
-
-    app = build_app(str(trained_model), examples_dir=tmp_path_factory.mktemp("examples"))
-    port = _free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="5mb", quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
 
 
 @pytest.fixture
