@@ -1,8 +1,13 @@
 """Resumable training checkpoints: accelerate's `save_state` plus a small JSON of where training was.
 
 ``output_dir/checkpoints/step_N/`` holds the model, optimizer, scheduler, RNG and sampler states
-(accelerate) and ``trainer_state.json`` (epoch, step, best score, per-epoch history). That JSON is
-written last, so a checkpoint interrupted while saving is never resumed from.
+(accelerate), the EMA weights (``ema.safetensors``) and ``trainer_state.json`` (epoch, step, best
+score, per-epoch history). That JSON is written last, so a checkpoint interrupted while saving is
+never resumed from.
+
+Loading never unpickles arbitrary objects: the model and EMA are safetensors, and accelerate reads
+its optimizer, scheduler and RNG files with ``torch.load(weights_only=True)``. (The EMA is not
+registered with accelerate because accelerate loads registered objects with ``weights_only=False``.)
 """
 
 from __future__ import annotations
@@ -13,18 +18,24 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from spine_hf.config import ConfigError
 
 STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
 logger = logging.getLogger(__name__)
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int) -> Path:
+def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int, ema: nn.Module | None = None) -> Path:
     """Save a checkpoint named after the step (every process takes part) and keep the newest `keep`."""
     folder = out / "checkpoints" / f"step_{state['step']:08d}"
     accelerator.save_state(str(folder))
     if accelerator.is_main_process:
+        if ema is not None:
+            weights = {key: value.detach().cpu().contiguous() for key, value in ema.state_dict().items()}
+            save_file(weights, str(folder / EMA_FILE))
         (folder / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         for old in _complete(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -32,7 +43,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int)
     return folder
 
 
-def resume_state(accelerator: Accelerator, resume: str, out: Path) -> dict:
+def resume_state(accelerator: Accelerator, resume: str, out: Path, ema: nn.Module | None = None) -> dict:
     """Restore everything from a checkpoint (`resume`: "true" for the latest, or a path); returns its state.
 
     With "true", a checkpoint that fails to load (a corrupt file) is skipped with a warning and the
@@ -50,6 +61,8 @@ def resume_state(accelerator: Accelerator, resume: str, out: Path) -> dict:
         try:
             state = json.loads((folder / STATE_FILE).read_text())
             accelerator.load_state(str(folder))
+            if ema is not None:
+                ema.load_state_dict(load_file(str(folder / EMA_FILE)))
         except Exception as err:  # safetensors, torch and json raise different types for damaged files
             if index + 1 == len(candidates):
                 raise RuntimeError(

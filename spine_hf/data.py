@@ -37,6 +37,7 @@ from spine_hf.layout import (
     scan,
     tolerated_problems,
 )
+from spine_hf.verify import BURNED_IN_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class _Staged:
     file_name: str  # relative to the split's staging folder
     file: str  # the `file` column
     how: str  # "kept", "reencoded" or "dicom"
+    source: str = ""  # the relative path it came from, for messages
+    burned_in_text: bool = False
 
 
 def convert_to_dataset(
@@ -129,6 +132,11 @@ def convert_to_dataset(
         if failures:
             raise DatasetLayoutError(root, failures)
         rows = [s for s in staged if isinstance(s, _Staged)]
+        report.problems += [
+            Problem("warning", "burned_in_text", display_path(row.source), BURNED_IN_TEXT)
+            for row in rows
+            if row.burned_in_text
+        ]
         data_files = {}
         for split in SPLIT_NAMES:
             split_rows = [r for r in rows if r.split == split]
@@ -260,7 +268,9 @@ def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
             shutil.copyfile(entry.path, target)
     else:
         decoded.image.save(target, format="PNG", compress_level=1)
-    return _Staged(entry.split, entry.grade, (folder / name).as_posix(), in_split, how)
+    return _Staged(
+        entry.split, entry.grade, (folder / name).as_posix(), in_split, how, entry.rel, decoded.burned_in_text
+    )
 
 
 def _write_metadata(folder: Path, rows: list[_Staged]) -> None:

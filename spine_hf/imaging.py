@@ -76,6 +76,8 @@ class DecodedImage:
     bits: int
     # True when the file already is a metadata-free 8-bit grayscale PNG/JPEG: its bytes may be kept.
     canonical_source: bool
+    # DICOM BurnedInAnnotation = YES: the pixels themselves may show text that identifies the patient.
+    burned_in_text: bool = False
 
 
 def decode_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -363,7 +365,10 @@ def _decode_dicom(name: str, data: bytes, max_pixels: int) -> DecodedImage:
     else:  # RGB, YBR_*: pydicom already returns RGB
         rgb = np.asarray(array)
         gray = _array_to_gray8(rgb if rgb.dtype == np.uint8 else _scale(rgb, (1 << bits) - 1))
-    return DecodedImage(Image.fromarray(gray), "DICOM", photometric, bits, canonical_source=False)
+    burned_in = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+    return DecodedImage(
+        Image.fromarray(gray), "DICOM", photometric, bits, canonical_source=False, burned_in_text=burned_in
+    )
 
 
 def _dicom_gray_to_unit(name: str, stored: np.ndarray, ds) -> np.ndarray:

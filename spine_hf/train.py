@@ -88,12 +88,11 @@ def train(cfg: Config) -> dict:
         # Warmup: the average starts short and lengthens towards ema_decay, so early epochs are not
         # scored on what is mostly the random initialisation.
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, use_warmup=True)
-        accelerator.register_for_checkpointing(ema)
     metric = _load_metric(accelerator)
     state = {"epoch": 0, "step": 0, "batches_in_epoch": 0, "best_qwk": -math.inf, "best_epoch": -1, "bad_epochs": 0}
     state["history"] = []
     if cfg.train.resume:
-        state = resume_state(accelerator, cfg.train.resume, out)
+        state = resume_state(accelerator, cfg.train.resume, out, ema)
     else:
         _claim_output_dir(accelerator, out, cfg.train.overwrite)
     if accelerator.is_main_process:
@@ -130,7 +129,7 @@ def train(cfg: Config) -> dict:
                 if ema is not None:
                     ema.update(accelerator.unwrap_model(model), step=state["step"])
                 if cfg.train.checkpoint_steps and state["step"] % cfg.train.checkpoint_steps == 0:
-                    save_checkpoint(accelerator, out, state, cfg.train.keep_checkpoints)
+                    save_checkpoint(accelerator, out, state, cfg.train.keep_checkpoints, ema)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if cfg.train.time_limit_minutes and time.monotonic() - start > 60 * cfg.train.time_limit_minutes:
                 stop = True
@@ -177,7 +176,7 @@ def train(cfg: Config) -> dict:
         patience_over = cfg.train.patience and state["bad_epochs"] >= cfg.train.patience
         last = stop or patience_over or epoch + 1 == cfg.train.epochs
         if last or (cfg.train.checkpoint_epochs and (epoch + 1) % cfg.train.checkpoint_epochs == 0):
-            save_checkpoint(accelerator, out, state, cfg.train.keep_checkpoints)
+            save_checkpoint(accelerator, out, state, cfg.train.keep_checkpoints, ema)
         if patience_over:
             accelerator.print(f"no better {cfg.data.eval_split} QWK for {cfg.train.patience} epochs; stopping")
         if last:

@@ -53,6 +53,8 @@ class ImageFacts:
     height: int
     # e.g. "8-bit grayscale", "16-bit grayscale", "8-bit RGB", "DICOM MONOCHROME1 12-bit"
     kind: str
+    # DICOM that declares burned-in annotation (text in the pixels).
+    burned_in_text: bool = False
 
 
 @dataclass
@@ -97,6 +99,12 @@ class VerifyReport:
 
     def write_json(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+BURNED_IN_TEXT = (
+    "is a DICOM whose pixels carry burned-in text (BurnedInAnnotation=YES), which may identify the patient; "
+    "`convert` drops the header but keeps the pixels: mask the text before sharing the dataset"
+)
 
 
 def verify_dataset(
@@ -203,6 +211,7 @@ def _inspect(entry: ImageEntry) -> ImageFacts | ImageDecodeError:
         width=image.width,
         height=image.height,
         kind=kind,
+        burned_in_text=decoded.burned_in_text,
     )
 
 
@@ -234,11 +243,16 @@ def _quality_problems(facts: dict[ImageEntry, ImageFacts]) -> list[Problem]:
 
 
 def _format_problems(facts: dict[ImageEntry, ImageFacts]) -> list[Problem]:
+    problems = [
+        Problem("warning", "burned_in_text", display_path(entry.rel), BURNED_IN_TEXT)
+        for entry, fact in facts.items()
+        if fact.burned_in_text
+    ]
     kinds = Counter(fact.kind for fact in facts.values())
     if len(kinds) <= 1:
-        return []
+        return problems
     listing = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
-    return [
+    return problems + [
         Problem(
             "warning",
             "mixed_formats",

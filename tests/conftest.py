@@ -16,6 +16,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # for tests/factories.py
 
+# A Hub token planted for the whole run (subprocesses inherit it). Nothing the project prints, logs,
+# raises or writes may contain it: `pytest_sessionfinish` searches every captured output and every
+# file the run wrote, and fails the run on a hit. Built at run time, so no source line holds it.
+PLANTED_TOKEN = "hf_" + "".join(("pLaNtEd", "SeCrEt", "c0ffee", "42"))
+os.environ["HF_TOKEN"] = PLANTED_TOKEN
+_CAPTURED: list[str] = []
+
 REPO = Path(__file__).resolve().parents[1]
 KNEE = REPO.parent / "shared" / "data" / "knee-kl224"
 
@@ -76,3 +83,28 @@ def running_app(trained_model, tmp_path_factory):
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="5mb", quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":  # by then a report holds every section of the test's three phases
+        _CAPTURED.append(f"=== {report.nodeid}")
+        _CAPTURED.extend(f"--- {report.nodeid} {title}\n{text}" for title, text in report.sections)
+    if report.longrepr is not None:
+        _CAPTURED.append(f"--- {report.nodeid} {report.when} failure\n{report.longrepr}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Search the run's captured output and written files for the planted token; keep the log."""
+    log = "\n".join(_CAPTURED)
+    (REPO / "outputs").mkdir(exist_ok=True)
+    (REPO / "outputs" / "test-run.log").write_text(log, encoding="utf-8", errors="backslashreplace")
+    leaks = [block.split("\n", 1)[0] for block in _CAPTURED if PLANTED_TOKEN in block]
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = factory.getbasetemp() if factory is not None and factory._basetemp is not None else None
+    token = PLANTED_TOKEN.encode()
+    for path in basetemp.rglob("*") if basetemp else ():
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < 200_000_000 and token in path.read_bytes():
+            leaks.append(str(path))
+    if leaks:
+        print("\nTHE PLANTED HUB TOKEN LEAKED INTO:\n  " + "\n  ".join(leaks), file=sys.stderr)
+        session.exitstatus = 1

@@ -177,6 +177,35 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ti
     assert result["validation"]["count"] == load_grade_dataset(tiny_dataset)["validation"].num_rows
 
 
+class _Exploit:
+    """A pickle that runs code when loaded without weights_only (it would create a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_carrying_a_malicious_pickle_is_never_executed(tmp_path, tiny_dataset, caplog):
+    import torch
+
+    from spine_hf.train import train
+
+    out = tmp_path / "run"
+    train(parse_config(_args(tiny_dataset, out, "--train.epochs=2")))
+    latest = sorted((out / "checkpoints").glob("step_*"))[-1]
+    marker = tmp_path / "pwned"
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        torch.save({"state": _Exploit(marker)}, latest / name)
+    assert sorted(p.name for p in latest.iterdir() if p.suffix in (".pkl", ".bin")) == [
+        "optimizer.bin", "random_states_0.pkl", "scheduler.bin"]  # fmt: skip  (nothing loaded without weights_only)
+    caplog.set_level("WARNING")
+    train(parse_config(_args(tiny_dataset, out, "--train.epochs=3", "--train.resume=true")))
+    assert not marker.exists()
+    assert "falling back to" in caplog.text and latest.name in caplog.text
+
+
 @pytest.mark.slow
 def test_one_and_two_processes_score_the_same_weights_image_by_image(tmp_path, tiny_dataset):
     """The same weights (a ViT without BatchNorm, learning rate 0) evaluated by 1 and by 2 processes give
