@@ -102,9 +102,8 @@ def pytest_sessionfinish(session, exitstatus):
     factory = getattr(session.config, "_tmp_path_factory", None)
     basetemp = factory.getbasetemp() if factory is not None and factory._basetemp is not None else None
     token = PLANTED_TOKEN.encode()
-    for path in basetemp.rglob("*") if basetemp else ():
-        if path.is_file() and not path.is_symlink() and path.stat().st_size < 200_000_000 and token in path.read_bytes():
-            leaks.append(str(path))
+    files = [p for p in (basetemp.rglob("*") if basetemp else ()) if p.is_file() and not p.is_symlink()]
+    leaks += [str(p) for p in files if p.stat().st_size < 200_000_000 and token in p.read_bytes()]
     if leaks:
         print("\nTHE PLANTED HUB TOKEN LEAKED INTO:\n  " + "\n  ".join(leaks), file=sys.stderr)
         session.exitstatus = 1

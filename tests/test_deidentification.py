@@ -116,8 +116,6 @@ def test_no_basic_profile_attribute_reaches_any_output(tmp_path, capsys, caplog,
         if path.is_file()
     ]
     assert len(written) > 20
-    found = [
-        (marker, str(path)) for path in written for marker in markers if marker.encode() in path.read_bytes()
-    ]
+    found = [(marker, str(path)) for path in written for marker in markers if marker.encode() in path.read_bytes()]
     found += [(marker, "printed output or log") for marker in markers if marker in text]
     assert found == []
