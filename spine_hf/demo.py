@@ -11,6 +11,9 @@ otherwise, and uploads are limited in size and in pixels.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -30,6 +33,7 @@ DISPLAY_SIDE = 512
 FILE_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff"]
 _predictors: dict[str, object] = {}
 _lock = threading.Lock()
+_shown_dir: Path | None = None
 
 
 def load_predictor(model: str):
@@ -71,7 +75,32 @@ def grade(file, show_cam: bool, model: str):
     if max(shown.size) < DISPLAY_SIDE:  # small images are enlarged for the eye only
         scale = DISPLAY_SIDE / max(shown.size)
         shown = shown.resize((round(shown.width * scale), round(shown.height * scale)), Image.Resampling.LANCZOS)
-    return headline, label, shown
+    return headline, label, _shown_file(shown)
+
+
+def _shown_file(image: Image.Image) -> str:
+    """The displayed image as a PNG file written once, atomically, named after its content.
+
+    Handing Gradio a PIL image makes it rewrite a content-named cache file in place
+    (`save_pil_to_cache`), so when two requests produce the same picture, one can stream the file
+    while the other truncates it: the client gets "peer closed connection without sending complete
+    message body" (server side, h11's "Too little data for declared Content-Length"). Gradio copies a
+    file path into its cache with a rename instead, and never rewrites an existing copy.
+    """
+    global _shown_dir
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    data = buffer.getvalue()
+    with _lock:
+        if _shown_dir is None:
+            _shown_dir = Path(tempfile.mkdtemp(prefix="spine-hf-shown-"))
+    path = _shown_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    if not path.exists():
+        handle, partial = tempfile.mkstemp(dir=_shown_dir, suffix=".partial")
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)
+    return str(path)
 
 
 def preview_push(model: str, repo_id: str, private: bool):
@@ -113,16 +142,20 @@ def _repo(repo_id: str) -> str:
 
 
 def make_examples(folder: Path) -> list[str]:
-    """One synthetic phantom per grade, made at start-up."""
+    """One synthetic phantom per grade, made at start-up (reused when the folder already has them)."""
+    import shutil
+
     from spine_hf.phantoms import make_phantoms
 
+    targets = [folder / f"synthetic_grade_{grade}_{name}.png" for grade, name in enumerate(GRADE_NAMES)]
+    if all(target.is_file() for target in targets):
+        return [str(target) for target in targets]
+    shutil.rmtree(folder / "pool", ignore_errors=True)
     make_phantoms(folder / "pool", per_grade=1, seed=11, size=224, share_16bit=0.4, second_view=0.0)
-    examples = []
-    for grade, name in enumerate(GRADE_NAMES):
-        target = folder / f"synthetic_grade_{grade}_{name}.png"
+    for grade, target in enumerate(targets):
         next((folder / "pool" / f"grade_{grade}").glob("*.png")).replace(target)
-        examples.append(str(target))
-    return examples
+    shutil.rmtree(folder / "pool", ignore_errors=True)
+    return [str(target) for target in targets]
 
 
 def build_app(model: str | None = None, examples_dir: str | Path | None = None) -> gr.Blocks:
