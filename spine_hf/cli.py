@@ -127,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.set_defaults(handler=_predict)
 
+    bench = commands.add_parser("bench", help="benchmarks: ratios against the usual recipe and the machine")
+    bench.add_argument("what", choices=["train", "predict", "convert", "quality", "all"],
+                       help="all = convert, train and predict (quality takes about 45 minutes on its own)")  # fmt: skip
+    bench.add_argument("--model", default="resnet18", help="timm or transformers model name (default resnet18)")
+    bench.add_argument("--image-size", type=int, help="default 224 (quality: the recipe's, 128)")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--data", help="split image folder (default: ../shared/data/knee-kl224, else phantoms)")
+    bench.add_argument("--json", help="also write the ratios and the numbers behind them to this JSON file")
+    bench.add_argument("--work", default="outputs/bench", help="scratch folder (datasets, model folders)")
+    bench.add_argument("--steps", type=int, default=16, help="timed training steps per arm (train)")
+    bench.add_argument("--repeats", type=int, default=20, help="timed one-image predictions per arm (predict)")
+    bench.add_argument("--model-dir", help="a saved model folder for predict (default: random weights)")
+    bench.add_argument("--budget-minutes", type=float, default=19.0, help="training minutes per recipe (quality)")
+    bench.add_argument("--phantoms-per-grade", type=int, default=120, help="phantoms made when there is no data")
+    bench.set_defaults(handler=_bench)
+
     push = commands.add_parser("push", help="upload a model folder to the Hugging Face Hub")
     push.add_argument("--model", required=True, help="model folder (e.g. outputs/quickstart/run/best)")
     push.add_argument("--repo-id", required=True, help="org/name on the Hub")
@@ -185,6 +201,13 @@ def _predict(args) -> int:
             failed += 1
             print(json.dumps({"file": display_path(file), "error": str(err)}))
     return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def _bench(args) -> int:
+    from spine_hf.bench import run
+
+    run(args)
+    return EXIT_OK
 
 
 def _push(args) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 LIBRARIES = ("auto", "timm", "transformers")
 LOSSES = ("ce", "ordinal")
 SAMPLERS = ("none", "balanced")
-PRECISIONS = ("", "no", "fp16", "bf16")
+PRECISIONS = ("", "no", "fp16", "bf16", "auto")
 
 
 @dataclass
@@ -122,7 +122,8 @@ class TrainConfig:
     eval_batch_size: int = 64
     # Steps whose gradients are summed before an optimizer step.
     grad_accum: int = 1
-    # "no", "fp16" or "bf16"; "" leaves it to `accelerate launch --mixed_precision`.
+    # "no", "fp16" or "bf16"; "auto": bf16 where the device computes it natively (a bf16 GPU, or a CPU
+    # with AVX512-BF16/AMX), else "no"; "" leaves it to `accelerate launch --mixed_precision`.
     mixed_precision: str = ""
     # Seeds Python, numpy, torch and the data order.
     seed: int = 42

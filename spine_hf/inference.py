@@ -63,7 +63,11 @@ def read_preprocessing(folder: Path) -> Preprocessing:
 class Predictor:
     """Load a model once, then grade images (paths, bytes, PIL images or arrays) in batches."""
 
-    def __init__(self, model: str | os.PathLike, *, device: str | None = None, batch_size: int = 32):
+    def __init__(
+        self, model: str | os.PathLike, *, device: str | None = None, batch_size: int = 32, precision: str = "fp32"
+    ):
+        """`precision="bf16"` runs the model under bf16 autocast: faster where bf16 is native (GPUs, CPUs
+        with AVX512-BF16/AMX) but the probabilities move slightly (BENCHMARKS.md); the default is fp32."""
         from transformers import AutoModelForImageClassification
 
         self.folder = resolve_model(model)
@@ -77,6 +81,9 @@ class Predictor:
         if labels != list(GRADE_NAMES):
             raise ValueError(f"{model} predicts {labels}, not the five grades {list(GRADE_NAMES)}")
         self.batch_size = batch_size
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+        self.precision = precision
         self._mean = torch.tensor(self.preprocessing.mean).view(1, 3, 1, 1)
         self._std = torch.tensor(self.preprocessing.std).view(1, 3, 1, 1)
 
@@ -93,7 +100,7 @@ class Predictor:
         out = [np.zeros((0, len(GRADE_NAMES)), dtype=np.float32)]
         for start in range(0, len(images), self.batch_size):
             batch = self.pixels(images[start : start + self.batch_size]).to(self.device)
-            out.append(self.model(pixel_values=batch).logits.float().cpu().numpy())
+            out.append(self._forward(batch).float().cpu().numpy())
         return np.concatenate(out)
 
     @torch.inference_mode()
@@ -102,12 +109,16 @@ class Predictor:
         out = [np.zeros((0, len(GRADE_NAMES)), dtype=np.float32)]
         for start in range(0, len(images), self.batch_size):
             batch = self.pixels(images[start : start + self.batch_size]).to(self.device)
-            probs = torch.softmax(self.model(pixel_values=batch).logits.float(), dim=1)
+            probs = torch.softmax(self._forward(batch).float(), dim=1)
             if flip_tta:
-                flipped = self.model(pixel_values=torch.flip(batch, dims=[3])).logits.float()
+                flipped = self._forward(torch.flip(batch, dims=[3])).float()
                 probs = (probs + torch.softmax(flipped, dim=1)) / 2
             out.append(probs.cpu().numpy())
         return np.concatenate(out)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(pixel_values=batch).logits
 
     def predict(self, images: Iterable, flip_tta: bool = False) -> list[Prediction]:
         """One `Prediction` per image."""
