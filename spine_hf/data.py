@@ -3,8 +3,9 @@
 Every image goes through the project's decoder on the way in, so the dataset holds canonical
 8-bit grayscale images: 16-bit PNG and DICOM are converted once here, never again at training
 time. Files that already are plain 8-bit grayscale PNG/JPEG without metadata keep their bytes.
-The rows are handed to datasets' ``imagefolder`` builder through a ``metadata.jsonl`` that names the
-label explicitly, so no label is inferred from folder names or dropped for uneven depths.
+The rows are written straight to Arrow (``Dataset.from_generator``) with the label given per row, so
+no label is inferred from folder names, sorted as a string or dropped for uneven depths (the
+traps of datasets' ``imagefolder``), and every scanned image is counted into the dataset.
 
 DICOM files leave nothing of their header behind: the pixels are re-encoded as PNG and the row is
 named after a hash of the pixels, never after the file (whose name may hold a UID or a name).
@@ -13,7 +14,6 @@ named after a hash of the pixels, never after the file (whose name may hold a UI
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -137,24 +137,26 @@ def convert_to_dataset(
             for row in rows
             if row.burned_in_text
         ]
-        data_files = {}
+        splits = {}
         for split in SPLIT_NAMES:
-            split_rows = [r for r in rows if r.split == split]
+            split_rows = [(r.file_name, r.grade, r.file) for r in rows if r.split == split]
             if not split_rows:
                 continue
-            _write_metadata(staging / split, split_rows)
-            data_files[split] = str(staging / split / "**")
-            report.counts[split] = np.bincount([r.grade for r in split_rows], minlength=NUM_GRADES).tolist()
+            # Arrow straight from the staged files: one pass, labels given explicitly per row (no
+            # imagefolder inference, so no label can be dropped or re-ordered).
+            splits[split] = datasets.Dataset.from_generator(
+                _dataset_rows,
+                gen_kwargs={"folder": str(staging / split), "rows": split_rows},
+                features=dataset_features(),
+                cache_dir=str(staging / ".cache"),
+            )
+            report.counts[split] = np.bincount([grade for _, grade, _ in split_rows], minlength=NUM_GRADES).tolist()
         for how in ("kept", "reencoded", "dicom"):
             setattr(report, how, sum(r.how == how for r in rows))
-        dataset = datasets.load_dataset(
-            "imagefolder", data_files=data_files, features=dataset_features(), cache_dir=str(staging / ".cache")
-        )
+        dataset = datasets.DatasetDict(splits)
         for split, split_counts in report.counts.items():
-            if dataset[split].num_rows != sum(split_counts):  # imagefolder must not drop a row
-                raise RuntimeError(
-                    f"imagefolder built {dataset[split].num_rows} rows for {split}, expected {sum(split_counts)}"
-                )
+            if dataset[split].num_rows != sum(split_counts):  # no row may go missing on the way
+                raise RuntimeError(f"built {dataset[split].num_rows} rows for {split}, expected {sum(split_counts)}")
         dataset.save_to_disk(str(partial))
         if out.exists():
             shutil.rmtree(out)
@@ -246,7 +248,7 @@ def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
     # `save_to_disk` stores as the image's path.
     folder = Path(grade_folder(entry.grade)) / f"{index:07d}"
     (staging / entry.split / folder).mkdir(parents=True, exist_ok=True)
-    # Names that are not valid UTF-8 cannot go into metadata.jsonl: the staged copy gets a readable
+    # Names that are not valid UTF-8 cannot go into Arrow strings: the staged copy gets a readable
     # stand-in (U+FFFD for the bad bytes) and the `file` column keeps the original, byte-escaped.
     name = os.fsencode(entry.path.name).decode("utf-8", errors="replace")
     in_split = display_path(entry.rel.split("/", 1)[1])
@@ -273,8 +275,8 @@ def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
     )
 
 
-def _write_metadata(folder: Path, rows: list[_Staged]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "metadata.jsonl").open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps({"file_name": row.file_name, "label": row.grade, "file": row.file}) + "\n")
+def _dataset_rows(folder: str, rows: list[tuple[str, int, str]]):
+    """Rows of one split: the staged image's bytes under its own name, the grade and the source path."""
+    for file_name, grade, file in rows:
+        data = (Path(folder) / file_name).read_bytes()
+        yield {"image": {"bytes": data, "path": Path(file_name).name}, "label": grade, "file": file}

@@ -7,20 +7,24 @@ memory when they fit `data.cache_gb`; otherwise each image is decoded when it is
 
 Augmentation is what a radiograph allows: a random crop of most of the image, a small rotation,
 brightness and contrast (intensity only: there is no colour to jitter), and a horizontal flip that
-can be turned off where laterality matters.
+can be turned off where laterality matters. It is done for a whole batch at once (`BatchAugment`,
+the loader's collate function): each image gets its own random crop, rotation and flip, but all of
+them are one `affine_grid` + `grid_sample` over the batch, so the data path costs a few percent of
+a training step even on a small CPU (per-image torchvision transforms cost about a tenth).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import v2
 
 from spine_hf.config import DataConfig
 from spine_hf.imaging import ImageDecodeError, decode_image, display_path
@@ -55,15 +59,8 @@ class GradeImages(Dataset):
         self.mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
         self.std = torch.tensor(preprocessing.std).view(3, 1, 1)
         self.cache = self._fill_cache() if len(self) * self.side**2 <= cfg.cache_gb * 1e9 else None
-        steps = []
-        if train:
-            steps += [
-                v2.RandomRotation(cfg.rotate) if cfg.rotate else v2.Identity(),
-                v2.RandomResizedCrop(preprocessing.size, scale=(cfg.min_scale, 1.0), ratio=(0.8, 1.25), antialias=True),
-                v2.RandomHorizontalFlip() if cfg.hflip else v2.Identity(),
-                v2.ColorJitter(brightness=cfg.intensity, contrast=cfg.intensity) if cfg.intensity else v2.Identity(),
-            ]
-        self.augment = v2.Compose(steps) if steps else None
+        # Training rows stay uint8 squares; the loader's collate function augments and normalises the batch.
+        self.batch_augment = BatchAugment(cfg, preprocessing) if train else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,11 +93,77 @@ class GradeImages(Dataset):
         return cache
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Training: the uint8 square (1 x S x S); evaluation: the normalised model input (3 x S x S)."""
         image = self.cache[index] if self.cache is not None else torch.from_numpy(self._square(index))[None]
-        if self.augment is not None:
-            image = self.augment(image)
+        if self.train:
+            return image, self.labels[index]
         pixels = image.float().div_(255).expand(3, -1, -1)
         return (pixels - self.mean) / self.std, self.labels[index]
+
+
+class BatchAugment:
+    """Collate uint8 squares into an augmented, normalised batch (B x 3 x size x size).
+
+    Per image: a crop of `min_scale`..1 of the area with aspect 0.8..1.25 (as RandomResizedCrop), a
+    rotation of up to `rotate` degrees, a horizontal flip (when `hflip`), then brightness and contrast
+    factors in 1 +- `intensity` (as ColorJitter). The crop, rotation and flip of every image are one
+    affine map, applied to the whole batch by a single bilinear `grid_sample` (zeros outside the
+    image, like a rotated radiograph's corners). Random numbers come from torch's global generator,
+    whose state accelerate checkpoints, so a resumed run draws the same augmentations.
+    """
+
+    def __init__(self, cfg: DataConfig, preprocessing: Preprocessing):
+        self.cfg = cfg
+        self.size = preprocessing.size
+        self.mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
+
+    def __call__(self, rows: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([image for image, _ in rows]).float().div_(255)  # B x 1 x S x S
+        labels = torch.tensor([label for _, label in rows], dtype=torch.long)
+        count, cfg = len(rows), self.cfg
+        width, height = self._crop_sizes(count)
+        # Centre anywhere that keeps the crop inside the square (normalised coordinates, -1..1).
+        centre_x = (1 - width) * torch.empty(count).uniform_(-1, 1)
+        centre_y = (1 - height) * torch.empty(count).uniform_(-1, 1)
+        angle = torch.empty(count).uniform_(-cfg.rotate, cfg.rotate) * (math.pi / 180)
+        flip = torch.where(torch.rand(count) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(count)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # input = R(angle) . (diag(width * flip, height) . output + centre)
+        sx, sy = width * flip, height
+        theta = torch.stack(
+            [
+                torch.stack([cos * sx, -sin * sy, cos * centre_x - sin * centre_y], dim=1),
+                torch.stack([sin * sx, cos * sy, sin * centre_x + cos * centre_y], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, [count, 1, self.size, self.size], align_corners=False)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if cfg.intensity:
+            low, high = 1 - cfg.intensity, 1 + cfg.intensity
+            brightness = torch.empty(count, 1, 1, 1).uniform_(low, high)
+            contrast = torch.empty(count, 1, 1, 1).uniform_(low, high)
+            out = (out * brightness).clamp_(0, 1)
+            grey = out.mean(dim=(1, 2, 3), keepdim=True)
+            out = ((out - grey) * contrast + grey).clamp_(0, 1)
+        return (out.expand(-1, 3, -1, -1) - self.mean) / self.std, labels
+
+    def _crop_sizes(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop width and height as fractions of the side, drawn as RandomResizedCrop draws them: area
+        fraction and log-uniform aspect, redrawn up to 10 times until the crop fits, else the whole image."""
+        width, height = torch.ones(count), torch.ones(count)
+        pending = torch.ones(count, dtype=torch.bool)
+        for _ in range(10):
+            area = torch.empty(count).uniform_(self.cfg.min_scale, 1.0)
+            aspect = torch.exp(torch.empty(count).uniform_(math.log(0.8), math.log(1.25)))
+            w, h = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
+            fits = pending & (w <= 1) & (h <= 1)
+            width, height = torch.where(fits, w, width), torch.where(fits, h, height)
+            pending &= ~fits
+            if not pending.any():
+                break
+        return width, height
 
 
 def grade_counts(labels: Sequence[int], num_classes: int = 5) -> list[int]:
@@ -121,6 +184,7 @@ def make_loader(dataset: GradeImages, batch_size: int, cfg: DataConfig, shuffle:
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
+        collate_fn=dataset.batch_augment,
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
         pin_memory=torch.cuda.is_available(),

@@ -1,0 +1,59 @@
+"""The training data path's batch augmentation: per-image random crop, rotation, flip and intensity."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from spine_hf.config import DataConfig
+from spine_hf.model import Preprocessing
+from spine_hf.transforms import BatchAugment
+
+PREP = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def _rows(count: int = 8, side: int = 37) -> list[tuple[torch.Tensor, int]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (torch.randint(0, 256, (1, side, side), dtype=torch.uint8, generator=generator), i % 5) for i in range(count)
+    ]
+
+
+def _plain(rows) -> torch.Tensor:
+    images = torch.stack([image for image, _ in rows]).float() / 255
+    resized = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    return (resized.expand(-1, 3, -1, -1) - 0.5) / 0.25
+
+
+def test_without_randomness_it_is_a_plain_resize_and_normalisation():
+    rows = _rows()
+    cfg = DataConfig(min_scale=1.0, rotate=0.0, hflip=False, intensity=0.0)
+    pixels, labels = BatchAugment(cfg, PREP)(rows)
+    assert pixels.shape == (8, 3, 32, 32) and labels.tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+    torch.testing.assert_close(pixels, _plain(rows), atol=1e-5, rtol=0)
+
+
+def test_flips_are_per_image():
+    rows = _rows(count=32)
+    torch.manual_seed(1)
+    pixels, _ = BatchAugment(DataConfig(min_scale=1.0, rotate=0.0, hflip=True, intensity=0.0), PREP)(rows)
+    plain = _plain(rows)
+    flipped = [bool(torch.allclose(p, torch.flip(q, dims=[2]), atol=1e-5)) for p, q in zip(pixels, plain, strict=True)]
+    kept = [bool(torch.allclose(p, q, atol=1e-5)) for p, q in zip(pixels, plain, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 4 < sum(flipped) < 28  # about half, each image drawing its own
+
+
+def test_every_image_gets_its_own_crop_and_the_seed_repeats_them():
+    image = _rows(count=1)[0][0]
+    rows = [(image, 0)] * 6  # the same picture six times
+    augment = BatchAugment(DataConfig(), PREP)
+    torch.manual_seed(3)
+    first, _ = augment(rows)
+    torch.manual_seed(3)
+    again, _ = augment(rows)
+    torch.testing.assert_close(first, again)
+    assert all(not torch.allclose(first[0], other) for other in first[1:])
+    assert torch.isfinite(first).all()
+    low, high = (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
+    assert first.min() >= low - 1e-5 and first.max() <= high + 1e-5
