@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,8 @@ from spine_hf.verify import BURNED_IN_TEXT
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "validation", "test")
+# Splits whose files add up to less than this are assembled in memory and written once.
+IN_MEMORY_BYTES = 2 * 1024**3
 
 
 def dataset_features():
@@ -74,7 +75,8 @@ class ConvertReport:
 class _Staged:
     split: str
     grade: int
-    file_name: str  # relative to the split's staging folder
+    data_path: str  # where the row's image bytes are: the source file, or its re-encoded copy in staging
+    name: str  # the image's name in the dataset
     file: str  # the `file` column
     how: str  # "kept", "reencoded" or "dicom"
     source: str = ""  # the relative path it came from, for messages
@@ -139,18 +141,22 @@ def convert_to_dataset(
         ]
         splits = {}
         for split in SPLIT_NAMES:
-            split_rows = [(r.file_name, r.grade, r.file) for r in rows if r.split == split]
+            split_rows = [(r.data_path, r.name, r.grade, r.file) for r in rows if r.split == split]
             if not split_rows:
                 continue
-            # Arrow straight from the staged files: one pass, labels given explicitly per row (no
-            # imagefolder inference, so no label can be dropped or re-ordered).
+            size = sum(os.path.getsize(row[0]) for row in split_rows)
+            # Arrow straight from the image bytes, the label given per row: no imagefolder inference,
+            # so no label can be dropped or re-ordered.
             splits[split] = datasets.Dataset.from_generator(
                 _dataset_rows,
-                gen_kwargs={"folder": str(staging / split), "rows": split_rows},
+                gen_kwargs={"rows": tuple(split_rows)},  # a tuple: datasets would take a list for shards
                 features=dataset_features(),
                 cache_dir=str(staging / ".cache"),
+                keep_in_memory=size < IN_MEMORY_BYTES,  # small enough: Arrow is written once, by save_to_disk
+                # A fresh id: there is no cache to reuse, and datasets need not hash every row to make one.
+                fingerprint=f"spine-hf-convert-{os.getpid()}-{split}-{time.time_ns()}",
             )
-            report.counts[split] = np.bincount([grade for _, grade, _ in split_rows], minlength=NUM_GRADES).tolist()
+            report.counts[split] = np.bincount([row[2] for row in split_rows], minlength=NUM_GRADES).tolist()
         for how in ("kept", "reencoded", "dicom"):
             setattr(report, how, sum(r.how == how for r in rows))
         dataset = datasets.DatasetDict(splits)
@@ -233,23 +239,14 @@ def decode_split(rows) -> list:
     return images
 
 
-def _stage_all(entries: Iterable[ImageEntry], staging: Path, workers: int | None) -> list[_Staged | Problem]:
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda item: _stage(item[1], item[0], staging), enumerate(entries)))
-
-
 def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
-    """Decode one file and lay its canonical bytes in the staging tree."""
+    """Decode one file; images that are not kept byte for byte are re-encoded into the staging folder."""
     try:
         decoded = decode(entry.path)
     except ImageDecodeError as err:
         return Problem("error", err.kind, display_path(entry.rel), f"{err.problem}. {err.fix}")
-    # One folder per row keeps every name unique while the file keeps its own name, which
-    # `save_to_disk` stores as the image's path.
-    folder = Path(grade_folder(entry.grade)) / f"{index:07d}"
-    (staging / entry.split / folder).mkdir(parents=True, exist_ok=True)
-    # Names that are not valid UTF-8 cannot go into Arrow strings: the staged copy gets a readable
-    # stand-in (U+FFFD for the bad bytes) and the `file` column keeps the original, byte-escaped.
+    # Names that are not valid UTF-8 cannot go into Arrow strings: the row gets a readable stand-in
+    # (U+FFFD for the bad bytes) and the `file` column keeps the original, byte-escaped.
     name = os.fsencode(entry.path.name).decode("utf-8", errors="replace")
     in_split = display_path(entry.rel.split("/", 1)[1])
     if decoded.format == "DICOM":
@@ -262,21 +259,19 @@ def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
     else:
         name = name if name.lower().endswith(".png") else f"{Path(name).stem}.png"
         how = "reencoded"
-    target = staging / entry.split / folder / name
-    if how == "kept":
-        try:
-            os.link(entry.path, target)
-        except OSError:
-            shutil.copyfile(entry.path, target)
-    else:
-        decoded.image.save(target, format="PNG", compress_level=1)
-    return _Staged(
-        entry.split, entry.grade, (folder / name).as_posix(), in_split, how, entry.rel, decoded.burned_in_text
-    )
+    data_path = str(entry.path)
+    if how != "kept":
+        data_path = str(staging / f"{index:07d}.png")
+        decoded.image.save(data_path, format="PNG", compress_level=1)
+    return _Staged(entry.split, entry.grade, data_path, name, in_split, how, entry.rel, decoded.burned_in_text)
 
 
-def _dataset_rows(folder: str, rows: list[tuple[str, int, str]]):
-    """Rows of one split: the staged image's bytes under its own name, the grade and the source path."""
-    for file_name, grade, file in rows:
-        data = (Path(folder) / file_name).read_bytes()
-        yield {"image": {"bytes": data, "path": Path(file_name).name}, "label": grade, "file": file}
+def _stage_all(entries: list[ImageEntry], staging: Path, workers: int | None) -> list[_Staged | Problem]:
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda item: _stage(item[1], item[0], staging), enumerate(entries)))
+
+
+def _dataset_rows(rows: tuple[tuple[str, str, int, str], ...]):
+    """Rows of one split: the image's bytes under its name, the grade and the source path."""
+    for data_path, name, grade, file in rows:
+        yield {"image": {"bytes": Path(data_path).read_bytes(), "path": name}, "label": grade, "file": file}
