@@ -36,6 +36,7 @@ from spine_hf.layout import (
     scan,
     tolerated_problems,
 )
+from spine_hf.outputs import check_new_output, staged_folder
 from spine_hf.verify import BURNED_IN_TEXT
 
 logger = logging.getLogger(__name__)
@@ -121,12 +122,10 @@ def convert_to_dataset(
             [Problem("error", "not_split", ".", "has no train/val/test folders; run `spine-hf data split` first")],
         )
     require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    check_new_output(out, overwrite)
     report = ConvertReport(out, counts={})
     report.problems = tolerated_problems(layout)
     staging = out.parent / f".{out.name}.staging-{os.getpid()}"
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         staging.mkdir(parents=True)
         staged = _stage_all(layout.images, staging, workers)
@@ -163,13 +162,10 @@ def convert_to_dataset(
         for split, split_counts in report.counts.items():
             if dataset[split].num_rows != sum(split_counts):  # no row may go missing on the way
                 raise RuntimeError(f"built {dataset[split].num_rows} rows for {split}, expected {sum(split_counts)}")
-        dataset.save_to_disk(str(partial))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial, out)  # the dataset appears under its name only once complete
+        with staged_folder(out, overwrite) as partial:  # the dataset appears under its name only once complete
+            dataset.save_to_disk(str(partial))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(partial, ignore_errors=True)
     if push_to_hub:
         datasets.load_from_disk(str(out)).push_to_hub(push_to_hub, private=private)
     report.seconds = time.perf_counter() - start
@@ -211,6 +207,20 @@ def load_grade_split(path: str | os.PathLike, split: str):
     return dataset[split]
 
 
+def row_failure(index: int, name: str | None, err: ImageDecodeError) -> str:
+    """How one undecodable row of a dataset is listed: `row N (file): problem`."""
+    return f"row {index} ({display_path(name or 'embedded image')}): {err.problem}"
+
+
+def undecodable_rows(failures: list[str]) -> ValueError:
+    """One error listing the rows of a dataset that cannot be decoded (the first 20), pointing to `convert`."""
+    more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+    return ValueError(
+        f"{len(failures)} images of this dataset cannot be decoded (rebuild it with `spine-hf data convert`, "
+        "which checks every image):\n  " + "\n  ".join(failures[:20]) + more
+    )
+
+
 def decode_split(rows) -> list:
     """Every image of a dataset split as a canonical PIL image; one error lists every row that fails."""
     from datasets import Image as ImageFeature
@@ -225,17 +235,13 @@ def decode_split(rows) -> list:
         try:
             return decode_image(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
         except ImageDecodeError as err:
-            return f"row {index} ({display_path(names[index] or 'embedded image')}): {err.problem}"
+            return row_failure(index, names[index], err)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         images = list(pool.map(one, range(len(cells))))
     failures = [image for image in images if isinstance(image, str)]
     if failures:
-        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-        raise ValueError(
-            f"{len(failures)} images of this dataset cannot be decoded (rebuild it with `spine-hf data convert`, "
-            "which checks every image):\n  " + "\n  ".join(failures[:20]) + more
-        )
+        raise undecodable_rows(failures)
     return images
 
 

@@ -27,7 +27,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from spine_hf.config import DataConfig
-from spine_hf.imaging import ImageDecodeError, decode_image, display_path
+from spine_hf.data import row_failure, undecodable_rows
+from spine_hf.imaging import ImageDecodeError, decode_image
 from spine_hf.model import Preprocessing
 
 # Training squares are this much larger than the model input, so that crops have room.
@@ -66,30 +67,34 @@ class GradeImages(Dataset):
         return len(self.labels)
 
     def _square(self, index: int) -> np.ndarray:
+        """The row's image squashed to the square; raises `undecodable_rows` for a row that cannot be decoded."""
+        failure = self._square_or_failure(index)
+        if isinstance(failure, str):
+            raise undecodable_rows([failure])
+        return failure
+
+    def _square_or_failure(self, index: int) -> np.ndarray | str:
+        """The square, or how the row is listed when it cannot be decoded."""
         cell = self.rows[index]["image"]
         try:
             return load_square(cell.get("bytes"), cell.get("path"), self.side)
         except ImageDecodeError as err:
-            raise ValueError(
-                f"row {index} ({display_path(cell.get('path') or 'embedded image')}) of this dataset cannot be "
-                f"decoded: {err.problem}. Rebuild the dataset with `spine-hf data convert`, which checks every image"
-            ) from err
+            return row_failure(index, cell.get("path"), err)
 
     def _fill_cache(self) -> torch.Tensor:
         cache = torch.empty((len(self), 1, self.side, self.side), dtype=torch.uint8)
 
         def fill(index: int) -> str | None:
-            try:
-                cache[index, 0] = torch.from_numpy(self._square(index))
-            except ValueError as err:
-                return str(err)
+            square = self._square_or_failure(index)
+            if isinstance(square, str):
+                return square
+            cache[index, 0] = torch.from_numpy(square)
             return None
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             failures = [message for message in pool.map(fill, range(len(self))) if message]
         if failures:  # all of them at once, not one per attempt
-            more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-            raise ValueError(f"{len(failures)} images cannot be used:\n  " + "\n  ".join(failures[:20]) + more)
+            raise undecodable_rows(failures)
         return cache
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
