@@ -275,20 +275,11 @@ def _forever(loader):
 
 def bench_train(args, report: Report, work: Path, tree: Path) -> None:
     from spine_hf.bench_baseline import load_imagefolder, make_loaders
-    from spine_hf.data import load_grade_dataset
-    from spine_hf.transforms import GradeImages, make_loader
 
     print(f"\ntrain: {args.model} at {args.image_size} px, batch {args.batch_size}, {args.steps} timed steps per arm")
-    dataset_dir = ensure_dataset(tree, work)
-    cfg = recipe_config(
-        args, dataset_dir, work / "train-run", f"--data.max_samples={args.batch_size * (args.steps + 4)}"
+    step, images, loader, fill_seconds = _project_training(
+        args, ensure_dataset(tree, work), work / "train-run", args.steps + 4
     )
-    step = ProjectStep(cfg)
-    split = load_grade_dataset(dataset_dir)[cfg.data.train_split]
-    fill_start = time.perf_counter()
-    images = GradeImages(split, step.preprocessing, cfg.data, train=True)
-    fill_seconds = time.perf_counter() - fill_start
-    loader = make_loader(images, cfg.train.batch_size, cfg.data, shuffle=True, seed=0)
     fixed = next(iter(loader))  # model-only: one real batch, already in memory, fed again and again
     # Alternate the two arms twice, so that drift of a noisy machine hits both alike.
     project, model_only = [], []
@@ -534,14 +525,24 @@ def _baseline_probe(args, cfg, tree: Path) -> float:
     return _images_per_second(step, ((b["pixel_values"], b["labels"]) for b in _forever(loader)), 6)
 
 
-def _project_probe(args, dataset_dir: Path, work: Path) -> float:
+def _project_training(args, dataset_dir: Path, output_dir: Path, batches: int):
+    """The project's step and its training data path over the first `batches` batches of the train split:
+    (step, dataset, loader, seconds spent decoding and caching the squares)."""
     from spine_hf.data import load_grade_dataset
     from spine_hf.transforms import GradeImages, make_loader
 
-    cfg = recipe_config(args, dataset_dir, work / "probe", f"--data.max_samples={args.batch_size * 10}")
+    cfg = recipe_config(args, dataset_dir, output_dir, f"--data.max_samples={args.batch_size * batches}")
     step = ProjectStep(cfg)
-    images = GradeImages(load_grade_dataset(dataset_dir)[cfg.data.train_split], step.preprocessing, cfg.data, True)
-    return _images_per_second(step, _forever(make_loader(images, args.batch_size, cfg.data, True, 0)), 6)
+    split = load_grade_dataset(dataset_dir)[cfg.data.train_split]
+    start = time.perf_counter()
+    images = GradeImages(split, step.preprocessing, cfg.data, train=True)
+    fill_seconds = time.perf_counter() - start  # decoding and caching the squares
+    return step, images, make_loader(images, cfg.train.batch_size, cfg.data, shuffle=True, seed=0), fill_seconds
+
+
+def _project_probe(args, dataset_dir: Path, work: Path) -> float:
+    step, _, loader, _ = _project_training(args, dataset_dir, work / "probe", 10)
+    return _images_per_second(step, _forever(loader), 6)
 
 
 # ------------------------------------------------------------------------------------------- run
