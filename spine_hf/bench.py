@@ -346,7 +346,8 @@ def bench_predict(args, report: Report, work: Path, tree: Path) -> None:
     print(f"\npredict: {folder} (one image: median of {args.repeats}; 64 images: median of 3)")
     ours = Predictor(folder, batch_size=64)
     ours_bf16 = Predictor(folder, batch_size=64, precision="bf16")
-    classify = pipeline("image-classification", model=str(folder), top_k=5)
+    # The same device for both (pipeline() alone would stay on the CPU of a GPU machine).
+    classify = pipeline("image-classification", model=str(folder), top_k=5, device=ours.device)
     for warm in (ours.predict, ours_bf16.predict, classify):
         warm(files[:2])
     one = {"pipeline": [], "fp32": [], "bf16": []}
