@@ -37,6 +37,7 @@ from spine_hf.layout import (
     tolerated_problems,
 )
 from spine_hf.outputs import check_new_output, staged_folder
+from spine_hf.parallel import map_cpu
 from spine_hf.verify import BURNED_IN_TEXT
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def convert_to_dataset(
         push_to_hub: a repo id to push the dataset to (needs a token from ``hf auth login`` or
             ``HF_TOKEN``).
         private: create the Hub repo as private.
-        workers: decoding threads (default: one per CPU).
+        workers: decoding processes (threads where fork does not exist; default: one per CPU).
 
     Returns:
         The `ConvertReport`; the dataset itself is at `out` (``datasets.load_from_disk``).
@@ -143,18 +144,21 @@ def convert_to_dataset(
             split_rows = [(r.data_path, r.name, r.grade, r.file) for r in rows if r.split == split]
             if not split_rows:
                 continue
-            size = sum(os.path.getsize(row[0]) for row in split_rows)
+            sizes = [os.path.getsize(row[0]) for row in split_rows]
             # Arrow straight from the image bytes, the label given per row: no imagefolder inference,
-            # so no label can be dropped or re-ordered.
-            splits[split] = datasets.Dataset.from_generator(
-                _dataset_rows,
-                gen_kwargs={"rows": tuple(split_rows)},  # a tuple: datasets would take a list for shards
-                features=dataset_features(),
-                cache_dir=str(staging / ".cache"),
-                keep_in_memory=size < IN_MEMORY_BYTES,  # small enough: Arrow is written once, by save_to_disk
-                # A fresh id: there is no cache to reuse, and datasets need not hash every row to make one.
-                fingerprint=f"spine-hf-convert-{os.getpid()}-{split}-{time.time_ns()}",
-            )
+            # so no label can be dropped or re-ordered. A fresh fingerprint: there is no cache to
+            # reuse, and datasets need not hash every row to make one.
+            fingerprint = f"spine-hf-convert-{os.getpid()}-{split}-{time.time_ns()}"
+            if sum(sizes) < IN_MEMORY_BYTES:  # the bytes go once into memory, and once to disk by save_to_disk
+                splits[split] = _in_memory_split(split_rows, sizes, split, fingerprint)
+            else:  # through an Arrow cache file in the staging folder
+                splits[split] = datasets.Dataset.from_generator(
+                    _dataset_rows,
+                    gen_kwargs={"rows": tuple(split_rows)},  # a tuple: datasets would take a list for shards
+                    features=dataset_features(),
+                    cache_dir=str(staging / ".cache"),
+                    fingerprint=fingerprint,
+                )
             report.counts[split] = np.bincount([row[2] for row in split_rows], minlength=NUM_GRADES).tolist()
         for how in ("kept", "reencoded", "dicom"):
             setattr(report, how, sum(r.how == how for r in rows))
@@ -273,8 +277,39 @@ def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
 
 
 def _stage_all(entries: list[ImageEntry], staging: Path, workers: int | None) -> list[_Staged | Problem]:
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda item: _stage(item[1], item[0], staging), enumerate(entries)))
+    return map_cpu(_stage, entries, range(len(entries)), [staging] * len(entries), workers=workers)
+
+
+def _in_memory_split(rows: list[tuple[str, str, int, str]], sizes: list[int], split: str, fingerprint: str):
+    """A `Dataset` whose Arrow table is built in memory from the files' bytes, read straight into Arrow's
+    buffers (one copy, no per-row Python objects): about 10x faster than `from_generator` here."""
+    import datasets
+    import pyarrow as pa
+
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)  # IN_MEMORY_BYTES keeps these within int32
+    np.cumsum(sizes, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    view = memoryview(data)
+    for (path, *_), start, end in zip(rows, offsets[:-1], offsets[1:], strict=True):
+        with open(path, "rb", buffering=0) as handle:
+            read = handle.readinto(view[start:end])
+            if read != end - start or handle.read(1):
+                raise RuntimeError(f"{display_path(path)} changed while it was being converted; run convert again")
+    image_bytes = pa.BinaryArray.from_buffers(pa.binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    images = pa.StructArray.from_arrays(
+        [image_bytes, pa.array([row[1] for row in rows], pa.string())], names=["bytes", "path"]
+    )
+    features = dataset_features()
+    table = pa.table(
+        {
+            "image": images,
+            "label": pa.array([row[2] for row in rows], pa.int64()),
+            "file": pa.array([row[3] for row in rows], pa.string()),
+        }
+    ).cast(features.arrow_schema)
+    return datasets.Dataset(
+        table, info=datasets.DatasetInfo(features=features), split=datasets.NamedSplit(split), fingerprint=fingerprint
+    )
 
 
 def _dataset_rows(rows: tuple[tuple[str, str, int, str], ...]):

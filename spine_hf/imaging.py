@@ -59,7 +59,10 @@ class ImageDecodeError(ValueError):
     def __init__(self, name: str, kind: str, problem: str, fix: str):
         # One line, whatever the underlying library wrote: reports list one problem per line.
         self.name, self.kind, self.problem, self.fix = display_path(name), kind, " ".join(problem.split()), fix
-        super().__init__(f"{self.name}: {problem}. {fix}")
+        super().__init__(f"{self.name}: {self.problem}. {fix}")
+
+    def __reduce__(self):  # pickled whole (the default would call __init__ with the message alone)
+        return type(self), (self.name, self.kind, self.problem, self.fix)
 
 
 @dataclass(frozen=True)

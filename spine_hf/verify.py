@@ -13,7 +13,6 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from PIL import Image
 from spine_hf.grades import NUM_GRADES
 from spine_hf.imaging import ImageDecodeError, decode
 from spine_hf.layout import ImageEntry, Layout, Problem, display_path, read_patients, scan
+from spine_hf.parallel import map_cpu
 
 # Cosine similarity of standardised 32 x 32 thumbnails at or above which two images are near
 # duplicates. Measured on the 4,826 knee radiographs: the closest images of two different patients
@@ -121,7 +121,7 @@ def verify_dataset(
         group_regex: a regular expression on the file name whose first group (or whole match) is
             the patient id; when absent, ``ROOT/patients.csv`` is used if it exists.
         near_duplicate_similarity: thumbnail cosine similarity from which two images are near duplicates.
-        workers: decoding threads (default: one per CPU).
+        workers: decoding processes (threads where fork does not exist; default: one per CPU).
     """
     start = time.perf_counter()
     layout = scan(root)
@@ -159,15 +159,7 @@ def verify_dataset(
 def undecodable_problems(files: list[tuple[Path, str]], workers: int | None = None) -> list[Problem]:
     """Warnings for the (path, name shown) files the project's decoder refuses: placed, but unusable."""
 
-    def check(path: Path) -> ImageDecodeError | None:
-        try:
-            decode(path)
-        except ImageDecodeError as err:
-            return err
-        return None
-
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        failures = list(pool.map(check, [path for path, _ in files]))
+    failures = map_cpu(_refusal, [path for path, _ in files], workers=workers)
     return [
         Problem(
             "warning",
@@ -180,9 +172,16 @@ def undecodable_problems(files: list[tuple[Path, str]], workers: int | None = No
     ]
 
 
+def _refusal(path: Path) -> ImageDecodeError | None:
+    try:
+        decode(path)
+    except ImageDecodeError as err:
+        return err
+    return None
+
+
 def _inspect_all(layout: Layout, workers: int | None) -> dict[ImageEntry, ImageFacts | ImageDecodeError]:
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return dict(zip(layout.images, pool.map(_inspect, layout.images), strict=True))
+    return dict(zip(layout.images, map_cpu(_inspect, layout.images, workers=workers), strict=True))
 
 
 def _inspect(entry: ImageEntry) -> ImageFacts | ImageDecodeError:
