@@ -126,3 +126,20 @@ def test_load_grade_dataset_rejects_foreign_datasets(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"]})}).save_to_disk(tmp_path / "x")
     with pytest.raises(ValueError, match="not a spine-hf dataset"):
         load_grade_dataset(tmp_path / "x")
+
+
+def test_splits_too_big_for_memory_go_through_an_arrow_cache_with_the_same_rows(tmp_path, phantom_split, monkeypatch):
+    import spine_hf.data
+
+    convert_to_dataset(phantom_split, tmp_path / "in-memory")
+    monkeypatch.setattr(spine_hf.data, "IN_MEMORY_BYTES", 0)
+    convert_to_dataset(phantom_split, tmp_path / "on-disk")
+    small, big = load_grade_dataset(tmp_path / "in-memory"), load_grade_dataset(tmp_path / "on-disk")
+    assert small.keys() == big.keys()
+    for split in small:
+        assert small[split].features == big[split].features
+        assert small[split]["file"] == big[split]["file"] and small[split]["label"] == big[split]["label"]
+        left = small[split].cast_column("image", type(small[split].features["image"])(decode=False))["image"]
+        right = big[split].cast_column("image", type(big[split].features["image"])(decode=False))["image"]
+        assert [cell["bytes"] for cell in left] == [cell["bytes"] for cell in right]
+        assert [cell["path"] for cell in left] == [cell["path"] for cell in right]
