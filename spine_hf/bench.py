@@ -20,6 +20,7 @@ like on a noisy machine; absolute numbers are printed for context only. FLOPs ar
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -105,6 +106,7 @@ def _median_seconds(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+@functools.cache  # measured once per run: `bench all` uses it for training and for inference
 def matmul_flops_per_second(dtype: torch.dtype, device: torch.device) -> float:
     """Dense matmul throughput (2·n³ FLOPs per n×n product): the best median over a few sizes."""
     best = 0.0
@@ -336,6 +338,7 @@ def bench_predict(args, report: Report, work: Path, tree: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     from spine_hf.inference import Predictor
+    from spine_hf.model import native_bf16
 
     hf_logging.disable_progress_bar()
     folder = Path(args.model_dir) if args.model_dir else _random_model_folder(args, work)
@@ -383,6 +386,20 @@ def bench_predict(args, report: Report, work: Path, tree: Path) -> None:
                   "{bf16:.1f} ms; ".format(**one_ms) + "64 images: " + ", ".join(f"{k} {64 / v:.1f} img/s"
                   for k, v in batch.items()) + f"; fp32 probabilities within {np.abs(exact - pipe_probs).max():.1e}"
                   f" of pipeline's, bf16 within {np.abs(low - exact).max():.1e} of fp32")  # fmt: skip
+    # How close pipeline() already is to the machine: the one-image forward against dense matmul.
+    flops = forward_flops(ours.model, ours.preprocessing.size, ours.device)
+    peaks = {"fp32": matmul_flops_per_second(torch.float32, ours.device)}
+    if native_bf16(ours.device):
+        peaks["bf16"] = matmul_flops_per_second(torch.bfloat16, ours.device)
+    best = max(peaks, key=peaks.get)
+    pipeline_seconds = one_ms["pipeline"] / 1e3
+    report.number("predict.forward_gflops_per_image", flops / 1e9)
+    report.number("predict.pipeline_one_image_vs_fp32_matmul", flops / pipeline_seconds / peaks["fp32"])
+    report.number("predict.one_image_speedup_ceiling", pipeline_seconds * peaks[best] / flops)
+    report.say(f"one image is {flops / 1e9:.2f} GFLOP of forward: pipeline() computes it at "
+               f"{flops / pipeline_seconds / peaks['fp32']:.2f} of this machine's fp32 matmul rate; at its {best} "
+               f"matmul rate it would take {1e3 * flops / peaks[best]:.1f} ms, so no Predictor can beat pipeline() "
+               f"by more than {pipeline_seconds * peaks[best] / flops:.1f}x here")  # fmt: skip
 
 
 def _random_model_folder(args, work: Path) -> Path:

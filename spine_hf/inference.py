@@ -19,8 +19,10 @@ from PIL import Image
 
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.imaging import decode_image, to_canonical
-from spine_hf.model import Preprocessing
+from spine_hf.model import Preprocessing, native_bf16
 from spine_hf.transforms import square_pixels
+
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class Predictor:
         self, model: str | os.PathLike, *, device: str | None = None, batch_size: int = 32, precision: str = "fp32"
     ):
         """`precision="bf16"` runs the model under bf16 autocast: faster where bf16 is native (GPUs, CPUs
-        with AVX512-BF16/AMX) but the probabilities move slightly (BENCHMARKS.md); the default is fp32."""
+        with AVX512-BF16/AMX) but the probabilities move slightly (BENCHMARKS.md); "auto" picks bf16
+        where it is native, else fp32; the default is fp32, what `evaluate` scores with."""
         from transformers import AutoModelForImageClassification
 
         self.folder = resolve_model(model)
@@ -81,9 +84,11 @@ class Predictor:
         if labels != list(GRADE_NAMES):
             raise ValueError(f"{model} predicts {labels}, not the five grades {list(GRADE_NAMES)}")
         self.batch_size = batch_size
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
-        self.precision = precision
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if precision == "auto":
+            precision = "bf16" if native_bf16(self.device) else "fp32"
+        self.precision = precision  # what the model computes in: "fp32" or "bf16"
         self._mean = torch.tensor(self.preprocessing.mean).view(1, 3, 1, 1)
         self._std = torch.tensor(self.preprocessing.std).view(1, 3, 1, 1)
 

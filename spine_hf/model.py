@@ -56,6 +56,14 @@ def resolve_library(cfg: ModelConfig) -> str:
     return "transformers"
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
+    so that bf16 autocast is faster than fp32 there rather than emulated."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def build_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
     """Create the backbone with a `NUM_GRADES` head; returns the module and its preprocessing."""
     if resolve_library(cfg) == "timm":

@@ -31,7 +31,7 @@ from spine_hf.data import load_grade_dataset
 from spine_hf.hub import load_weights, push, save_for_hub
 from spine_hf.losses import build_loss
 from spine_hf.metrics import load_grading_metric
-from spine_hf.model import build_model
+from spine_hf.model import build_model, native_bf16
 from spine_hf.transforms import GradeImages, grade_counts, make_loader
 
 logger = logging.getLogger(__name__)
@@ -215,9 +215,7 @@ def resolve_precision(precision: str) -> str | None:
     """The accelerate mixed-precision mode for `train.mixed_precision` ("auto" decided by the hardware)."""
     if precision != "auto":
         return precision or None
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "no"
+    return "bf16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "no"
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):

@@ -35,6 +35,8 @@ def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys
         assert entry["meets_goal"] == (entry["value"] >= entry["goal"] if entry["better"] == "higher"
                                        else entry["value"] <= entry["goal"])  # fmt: skip
         assert key in printed
+    numbers = json.loads((tmp_path / "all.json").read_text())["numbers"]
+    assert numbers["predict.one_image_speedup_ceiling"] > 0 and numbers["predict.forward_gflops_per_image"] > 0
     assert main(["bench", "quality", *common, "--budget-minutes", "0.05", "--json", str(tmp_path / "q.json")]) == 0
     quality = json.loads((tmp_path / "q.json").read_text())
     assert quality["numbers"]["quality.usual_recipe_curve_seconds_qwk"]

@@ -65,3 +65,28 @@ def test_predict_cli_writes_one_json_line_per_file_and_reports_bad_ones(trained_
 def test_a_folder_that_is_not_a_grading_model_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model folder"):
         Predictor(tmp_path / "nothing" / "here")
+
+
+def test_predict_cli_batches_files_and_keeps_their_order_around_bad_ones(trained_model, phantom_split, tmp_path,
+                                                                         capsys):  # fmt: skip
+    good = [str(p) for p in sorted((phantom_split / "train").rglob("*.png"))[:5]]
+    (tmp_path / "empty.png").write_bytes(b"")
+    files = [*good[:3], str(tmp_path / "empty.png"), *good[3:]]  # the bad file inside the second batch of 2
+    assert main(["predict", "--model", str(trained_model), "--batch-size", "2", *files]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["file"] for line in lines] == files
+    assert "empty" in lines[3]["error"]
+    one_by_one = [Predictor(trained_model).predict([file])[0] for file in good]
+    batched = [line for line in lines if "error" not in line]
+    for alone, together in zip(one_by_one, batched, strict=True):
+        assert alone.grade == together["grade"]
+        np.testing.assert_allclose(alone.probabilities, together["probabilities"], atol=1e-5)
+
+
+def test_precision_auto_is_bf16_exactly_where_the_hardware_has_it(trained_model):
+    from spine_hf.model import native_bf16
+
+    assert Predictor(trained_model, precision="auto").precision == ("bf16" if native_bf16("cpu") else "fp32")
+    assert Predictor(trained_model).precision == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Predictor(trained_model, precision="fp16")
