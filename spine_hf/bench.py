@@ -446,7 +446,7 @@ def bench_convert(args, report: Report, work: Path, tree: Path) -> None:
     report.number("convert.images_per_s", len(files) / convert_seconds)
     report.number("convert.plain_pil_images_per_s", len(files) / pil_seconds)
     report.ratio("convert.vs_plain_pil_loop", pil_seconds / convert_seconds, 0.8, "higher",
-                 "images/s of `data convert` (decode, check, save_to_disk) / a plain PIL open+load loop")  # fmt: skip
+                 "images/s of `data convert` (decode, check, write Arrow) / a plain PIL open+load loop")  # fmt: skip
     report.say(f"convert {len(files) / convert_seconds:.0f} img/s, plain PIL loop "
                   f"{len(files) / pil_seconds:.0f} img/s")  # fmt: skip
 

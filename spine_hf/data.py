@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spine_hf.dataset_writer import write_dataset_dict
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES, grade_folder
 from spine_hf.imaging import ImageDecodeError, decode
 from spine_hf.layout import (
@@ -43,8 +44,6 @@ from spine_hf.verify import BURNED_IN_TEXT
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "validation", "test")
-# Splits whose files add up to less than this are assembled in memory and written once.
-IN_MEMORY_BYTES = 2 * 1024**3
 
 
 def dataset_features():
@@ -98,7 +97,8 @@ def convert_to_dataset(
 
     Args:
         root: ``ROOT/{train,val,test}/<grade folder>/...``.
-        out: where `save_to_disk` writes; must not exist or be empty unless `overwrite`.
+        out: the DatasetDict folder (`datasets.load_from_disk` reads it); must not exist or be empty
+            unless `overwrite`.
         overwrite: replace an existing `out` (only once the new dataset is complete).
         push_to_hub: a repo id to push the dataset to (needs a token from ``hf auth login`` or
             ``HF_TOKEN``).
@@ -139,35 +139,18 @@ def convert_to_dataset(
             for row in rows
             if row.burned_in_text
         ]
+        # Arrow straight from the image bytes, the label given per row: no imagefolder inference, so no
+        # label can be dropped or re-ordered. A fresh fingerprint: there is no cache to reuse.
         splits = {}
         for split in SPLIT_NAMES:
             split_rows = [(r.data_path, r.name, r.grade, r.file) for r in rows if r.split == split]
-            if not split_rows:
-                continue
-            sizes = [os.path.getsize(row[0]) for row in split_rows]
-            # Arrow straight from the image bytes, the label given per row: no imagefolder inference,
-            # so no label can be dropped or re-ordered. A fresh fingerprint: there is no cache to
-            # reuse, and datasets need not hash every row to make one.
-            fingerprint = f"spine-hf-convert-{os.getpid()}-{split}-{time.time_ns()}"
-            if sum(sizes) < IN_MEMORY_BYTES:  # the bytes go once into memory, and once to disk by save_to_disk
-                splits[split] = _in_memory_split(split_rows, sizes, split, fingerprint)
-            else:  # through an Arrow cache file in the staging folder
-                splits[split] = datasets.Dataset.from_generator(
-                    _dataset_rows,
-                    gen_kwargs={"rows": tuple(split_rows)},  # a tuple: datasets would take a list for shards
-                    features=dataset_features(),
-                    cache_dir=str(staging / ".cache"),
-                    fingerprint=fingerprint,
-                )
-            report.counts[split] = np.bincount([row[2] for row in split_rows], minlength=NUM_GRADES).tolist()
+            if split_rows:
+                splits[split] = split_rows
+                report.counts[split] = np.bincount([row[2] for row in split_rows], minlength=NUM_GRADES).tolist()
         for how in ("kept", "reencoded", "dicom"):
             setattr(report, how, sum(r.how == how for r in rows))
-        dataset = datasets.DatasetDict(splits)
-        for split, split_counts in report.counts.items():
-            if dataset[split].num_rows != sum(split_counts):  # no row may go missing on the way
-                raise RuntimeError(f"built {dataset[split].num_rows} rows for {split}, expected {sum(split_counts)}")
         with staged_folder(out, overwrite) as partial:  # the dataset appears under its name only once complete
-            dataset.save_to_disk(str(partial))
+            write_dataset_dict(partial, splits, dataset_features(), f"spine-hf-convert-{os.getpid()}-{time.time_ns()}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if push_to_hub:
@@ -278,41 +261,3 @@ def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
 
 def _stage_all(entries: list[ImageEntry], staging: Path, workers: int | None) -> list[_Staged | Problem]:
     return map_cpu(_stage, entries, range(len(entries)), [staging] * len(entries), workers=workers)
-
-
-def _in_memory_split(rows: list[tuple[str, str, int, str]], sizes: list[int], split: str, fingerprint: str):
-    """A `Dataset` whose Arrow table is built in memory from the files' bytes, read straight into Arrow's
-    buffers (one copy, no per-row Python objects): about 10x faster than `from_generator` here."""
-    import datasets
-    import pyarrow as pa
-
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)  # IN_MEMORY_BYTES keeps these within int32
-    np.cumsum(sizes, out=offsets[1:])
-    data = np.empty(int(offsets[-1]), dtype=np.uint8)
-    view = memoryview(data)
-    for (path, *_), start, end in zip(rows, offsets[:-1], offsets[1:], strict=True):
-        with open(path, "rb", buffering=0) as handle:
-            read = handle.readinto(view[start:end])
-            if read != end - start or handle.read(1):
-                raise RuntimeError(f"{display_path(path)} changed while it was being converted; run convert again")
-    image_bytes = pa.BinaryArray.from_buffers(pa.binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    images = pa.StructArray.from_arrays(
-        [image_bytes, pa.array([row[1] for row in rows], pa.string())], names=["bytes", "path"]
-    )
-    features = dataset_features()
-    table = pa.table(
-        {
-            "image": images,
-            "label": pa.array([row[2] for row in rows], pa.int64()),
-            "file": pa.array([row[3] for row in rows], pa.string()),
-        }
-    ).cast(features.arrow_schema)
-    return datasets.Dataset(
-        table, info=datasets.DatasetInfo(features=features), split=datasets.NamedSplit(split), fingerprint=fingerprint
-    )
-
-
-def _dataset_rows(rows: tuple[tuple[str, str, int, str], ...]):
-    """Rows of one split: the image's bytes under its name, the grade and the source path."""
-    for data_path, name, grade, file in rows:
-        yield {"image": {"bytes": Path(data_path).read_bytes(), "path": name}, "label": grade, "file": file}

@@ -128,18 +128,28 @@ def test_load_grade_dataset_rejects_foreign_datasets(tmp_path):
         load_grade_dataset(tmp_path / "x")
 
 
-def test_splits_too_big_for_memory_go_through_an_arrow_cache_with_the_same_rows(tmp_path, phantom_split, monkeypatch):
-    import spine_hf.data
+def test_big_splits_are_written_in_shards_that_read_back_as_the_same_rows(tmp_path, phantom_split, monkeypatch):
+    import spine_hf.dataset_writer
 
-    convert_to_dataset(phantom_split, tmp_path / "in-memory")
-    monkeypatch.setattr(spine_hf.data, "IN_MEMORY_BYTES", 0)
-    convert_to_dataset(phantom_split, tmp_path / "on-disk")
-    small, big = load_grade_dataset(tmp_path / "in-memory"), load_grade_dataset(tmp_path / "on-disk")
-    assert small.keys() == big.keys()
-    for split in small:
-        assert small[split].features == big[split].features
-        assert small[split]["file"] == big[split]["file"] and small[split]["label"] == big[split]["label"]
-        left = small[split].cast_column("image", type(small[split].features["image"])(decode=False))["image"]
-        right = big[split].cast_column("image", type(big[split].features["image"])(decode=False))["image"]
-        assert [cell["bytes"] for cell in left] == [cell["bytes"] for cell in right]
-        assert [cell["path"] for cell in left] == [cell["path"] for cell in right]
+    convert_to_dataset(phantom_split, tmp_path / "one-shard")
+    monkeypatch.setattr(spine_hf.dataset_writer, "SHARD_BYTES", 10_000)  # a few phantoms per shard
+    convert_to_dataset(phantom_split, tmp_path / "shards")
+    assert len(list((tmp_path / "shards" / "train").glob("data-*.arrow"))) > 2
+    assert len(list((tmp_path / "one-shard" / "train").glob("data-*.arrow"))) == 1
+    whole, sharded = load_grade_dataset(tmp_path / "one-shard"), load_grade_dataset(tmp_path / "shards")
+    assert whole.keys() == sharded.keys()
+    for split in whole:
+        assert whole[split].features == sharded[split].features
+        assert whole[split]["file"] == sharded[split]["file"] and whole[split]["label"] == sharded[split]["label"]
+        raw = type(whole[split].features["image"])(decode=False)
+        left = whole[split].cast_column("image", raw)["image"]
+        right = sharded[split].cast_column("image", raw)["image"]
+        assert [(cell["bytes"], cell["path"]) for cell in left] == [(cell["bytes"], cell["path"]) for cell in right]
+
+
+def test_shards_never_exceed_the_limit_unless_one_file_does():
+    from spine_hf.dataset_writer import _shards
+
+    assert _shards([4, 4, 4, 4], 8) == [(0, 2), (2, 4)]
+    assert _shards([3, 20, 3, 3], 8) == [(0, 1), (1, 2), (2, 4)]
+    assert _shards([5], 1) == [(0, 1)]
