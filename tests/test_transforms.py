@@ -57,3 +57,25 @@ def test_every_image_gets_its_own_crop_and_the_seed_repeats_them():
     assert torch.isfinite(first).all()
     low, high = (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
     assert first.min() >= low - 1e-5 and first.max() <= high + 1e-5
+
+
+def test_the_sampling_grid_and_normalisation_match_torchs_reference():
+    augment = BatchAugment(DataConfig(), Preprocessing(29, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(2))
+    reference = F.affine_grid(theta, [5, 1, 29, 29], align_corners=False)
+    torch.testing.assert_close(augment._grid(theta), reference, atol=1e-6, rtol=0)
+    rows = _rows(count=5)
+    torch.manual_seed(4)
+    pixels, _ = augment(rows)
+    # The same draws, then torch's affine_grid and broadcast normalisation: the same batch.
+    torch.manual_seed(4)
+    original = BatchAugment._grid
+    try:
+        BatchAugment._grid = lambda self, t: F.affine_grid(t, [len(t), 1, self.size, self.size], align_corners=False)
+        expected, _ = augment(rows)
+    finally:
+        BatchAugment._grid = original
+    torch.testing.assert_close(pixels, expected, atol=1e-4, rtol=0)  # float rounding, far below 1/255
+    gray = pixels[:, :1] * 0.229 + 0.485  # every channel is the same grey, normalised per channel
+    torch.testing.assert_close(pixels[:, 1:2] * 0.224 + 0.456, gray, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels[:, 2:3] * 0.225 + 0.406, gray, atol=1e-5, rtol=0)
