@@ -32,7 +32,7 @@ data=(${DATA:+--data "$DATA"})
 status=0
 # 1, 3, 4, 5: a bigger model and batch than on a CPU, so the GPU has work to do.
 timeout ${ALL_SECONDS:-170} "$PY" -m spine_hf.cli bench all --model ${MODEL:-resnet50} --image-size 224 \
-  --batch-size ${BATCH:-128} --steps ${STEPS:-24} --repeats 30 --work "$WORK" "${data[@]}" \
+  --batch-size ${BATCH:-128} --steps ${STEPS:-32} --repeats 30 --work "$WORK" "${data[@]}" \
   --json "$RESULTS/gpu-all.json" 2>&1 | tee "$RESULTS/gpu-all.log" || status=1
 # 2: both recipes (the knee recipe's model and size) for the same budget of training time each.
 timeout ${QUALITY_SECONDS:-200} "$PY" -m spine_hf.cli bench quality --budget-minutes ${BUDGET:-1.0} --batch-size 64 \

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", help="split image folder (default: ../shared/data/knee-kl224, else phantoms)")
     bench.add_argument("--json", help="also write the ratios and the numbers behind them to this JSON file")
     bench.add_argument("--work", default="outputs/bench", help="scratch folder (datasets, model folders)")
-    bench.add_argument("--steps", type=int, default=16, help="timed training steps per arm (train)")
+    bench.add_argument("--steps", type=int, default=32, help="timed training steps per arm (train)")
     bench.add_argument("--repeats", type=int, default=20, help="timed one-image predictions per arm (predict)")
     bench.add_argument("--model-dir", help="a saved model folder for predict (default: random weights)")
     bench.add_argument("--budget-minutes", type=float, default=19.0, help="training minutes per recipe (quality)")
