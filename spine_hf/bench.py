@@ -270,6 +270,25 @@ def _images_per_second(step: Callable, batches, steps: int, warmup: int = 2) -> 
     return images / (time.perf_counter() - start)
 
 
+def _paired_images_per_second(step: Callable, batches, fixed, steps: int, warmup: int = 2) -> tuple[float, float]:
+    """img/s of `step` fed from `batches` (fetching included) and fed `fixed`, one step of each in turn,
+    as medians of per-step rates: a burst of load from elsewhere on the machine hits both arms alike
+    and moves neither median (rounds of several steps per arm read 0.85 to 1.17 for the same code)."""
+    iterator = iter(batches)
+    fed, alone = [], []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        pixels, labels = next(iterator)
+        step(pixels, labels)
+        middle = time.perf_counter()
+        step(*fixed)
+        end = time.perf_counter()
+        if index >= warmup:
+            fed.append(len(labels) / (middle - start))
+            alone.append(len(fixed[1]) / (end - middle))
+    return statistics.median(fed), statistics.median(alone)
+
+
 def _forever(loader):
     while True:
         yield from loader
@@ -283,13 +302,7 @@ def bench_train(args, report: Report, work: Path, tree: Path) -> None:
         args, ensure_dataset(tree, work), work / "train-run", args.steps + 4
     )
     fixed = next(iter(loader))  # model-only: one real batch, already in memory, fed again and again
-    # Alternate the two arms four times, so that drift of a noisy machine hits both alike (with two
-    # rounds of 8 steps the same code read 0.94 to 1.03 from run to run).
-    project, model_only = [], []
-    for _ in range(4):
-        project.append(_images_per_second(step, _forever(loader), max(1, args.steps // 4)))
-        model_only.append(_images_per_second(step, iter(lambda: fixed, None), max(1, args.steps // 4)))
-    data_ips, model_ips = statistics.mean(project), statistics.mean(model_only)
+    data_ips, model_ips = _paired_images_per_second(step, _forever(loader), fixed, args.steps)
     report.number("train.project_data_path_images_per_s", data_ips)
     report.number("train.model_only_images_per_s", model_ips)
     report.number("train.decode_cache_fill_seconds", fill_seconds)
