@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 # Below this many items a process pool costs more to start than it saves.
