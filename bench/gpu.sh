@@ -18,7 +18,7 @@ if [ -d "$WHEELS" ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/spine-hf-site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH="/tmp/spine-hf-site:$PYTHONPATH"
 fi
-DATA=${DATA:-$([ -d .gpu/knee ] && echo .gpu/knee || true)}
+DATA=${DATA:-$([ -d .gpu/knee ] && echo .gpu/knee || ([ -d ../shared/data/knee-kl224/train ] && echo ../shared/data/knee-kl224) || true)}
 RESULTS=${RESULTS:-${OUT:-outputs/bench}}
 WORK=${WORK:-/tmp/spine-hf-bench}
 mkdir -p "$RESULTS" "$WORK"
@@ -31,10 +31,10 @@ PY
 data=(${DATA:+--data "$DATA"})
 status=0
 # 1, 3, 4, 5: a bigger model and batch than on a CPU, so the GPU has work to do.
-timeout ${ALL_SECONDS:-170} "$PY" -m spine_hf.cli bench all --model ${MODEL:-resnet50} --image-size 224 \
+timeout ${ALL_SECONDS:-170} "$PY" -m bench all --model ${MODEL:-resnet50} --image-size 224 \
   --batch-size ${BATCH:-128} --steps ${STEPS:-32} --repeats 30 --work "$WORK" "${data[@]}" \
   --json "$RESULTS/gpu-all.json" 2>&1 | tee "$RESULTS/gpu-all.log" || status=1
 # 2: both recipes (the knee recipe's model and size) for the same budget of training time each.
-timeout ${QUALITY_SECONDS:-200} "$PY" -m spine_hf.cli bench quality --budget-minutes ${BUDGET:-1.0} --batch-size 64 \
+timeout ${QUALITY_SECONDS:-200} "$PY" -m bench quality --budget-minutes ${BUDGET:-1.0} --batch-size 64 \
   --work "$WORK" "${data[@]}" --json "$RESULTS/gpu-quality.json" 2>&1 | tee "$RESULTS/gpu-quality.log" || status=1
 exit $status

@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from spine_hf.data import decode_split, load_grade_split
+from spine_hf.dataset_folder import decode_split, load_grade_split
 from spine_hf.evaluation import expected_calibration_error
 from spine_hf.inference import Predictor
+from spine_hf.model_folder import ModelFolder
 from spine_hf.outputs import check_new_output, staged_folder
 
 CALIBRATION_FILE = "calibration.json"
@@ -65,22 +65,7 @@ def calibrate_model(model: str | os.PathLike, data: str | os.PathLike, out: str 
         "nll_after": nll(logits, labels, temperature),
     }
     with staged_folder(out, overwrite) as partial:
-        shutil.copytree(predictor.folder, partial, dirs_exist_ok=True)
-        _scale_classifier(partial, temperature)
+        shutil.copytree(predictor.folder.path, partial, dirs_exist_ok=True)
+        ModelFolder.read(partial).scale_classifier(temperature)
         (partial / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _scale_classifier(folder: Path, temperature: float) -> None:
-    from safetensors.torch import load_file, save_file
-
-    config = json.loads((folder / "config.json").read_text())
-    prefix = config.get("pretrained_cfg", {}).get("classifier", "classifier")  # timm names it; HF: classifier
-    weights = load_file(str(folder / "model.safetensors"))
-    keys = [f"{prefix}.weight", f"{prefix}.bias"]
-    if keys[0] not in weights:
-        raise ValueError(f"{folder}: no classifier weights named {keys[0]}; cannot fold a temperature in")
-    for key in keys:
-        if key in weights:
-            weights[key] = (weights[key].float() / temperature).to(weights[key].dtype).contiguous()
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})

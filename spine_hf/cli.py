@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
+from spine_hf import setup_logging
+from spine_hf.config import PREDICT_PRECISIONS
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
@@ -29,8 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("spine_hf").setLevel(logging.INFO)
+    setup_logging()
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_PROBLEMS
@@ -127,27 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "auto"],
+        choices=PREDICT_PRECISIONS,
         default="fp32",
         help="bf16: bf16 autocast, faster where bf16 is native; auto: bf16 there, else fp32 (default: fp32)",
     )
     predict.set_defaults(handler=_predict)
-
-    bench = commands.add_parser("bench", help="benchmarks: ratios against the usual recipe and the machine")
-    bench.add_argument("what", choices=["train", "predict", "convert", "quality", "all"],
-                       help="all = convert, train and predict (quality takes about 45 minutes on its own)")  # fmt: skip
-    bench.add_argument("--model", default="resnet18", help="timm or transformers model name (default resnet18)")
-    bench.add_argument("--image-size", type=int, help="default 224 (quality: the recipe's, 128)")
-    bench.add_argument("--batch-size", type=int, default=32)
-    bench.add_argument("--data", help="split image folder (default: ../shared/data/knee-kl224, else phantoms)")
-    bench.add_argument("--json", help="also write the ratios and the numbers behind them to this JSON file")
-    bench.add_argument("--work", default="outputs/bench", help="scratch folder (datasets, model folders)")
-    bench.add_argument("--steps", type=int, default=32, help="timed training steps per arm (train)")
-    bench.add_argument("--repeats", type=int, default=20, help="timed one-image predictions per arm (predict)")
-    bench.add_argument("--model-dir", help="a saved model folder for predict (default: random weights)")
-    bench.add_argument("--budget-minutes", type=float, default=19.0, help="training minutes per recipe (quality)")
-    bench.add_argument("--phantoms-per-grade", type=int, default=120, help="phantoms made when there is no data")
-    bench.set_defaults(handler=_bench)
 
     push = commands.add_parser("push", help="upload a model folder to the Hugging Face Hub")
     push.add_argument("--model", required=True, help="model folder (e.g. outputs/quickstart/run/best)")
@@ -194,35 +178,18 @@ def _calibrate(args) -> int:
 def _predict(args) -> int:
     import json
 
-    from spine_hf.imaging import ImageDecodeError, decode_image, display_path
-    from spine_hf.inference import Predictor
+    from spine_hf.imaging import display_path
+    from spine_hf.inference import Prediction, Predictor
 
     predictor = Predictor(args.model, batch_size=args.batch_size, precision=args.precision)
     failed = 0
-    for start in range(0, len(args.files), args.batch_size):  # a batch in memory at a time, lines in file order
-        files = args.files[start : start + args.batch_size]
-        images: dict[int, object] = {}
-        errors: dict[int, str] = {}
-        for index, file in enumerate(files):  # a bad file costs only its own line
-            try:
-                images[index] = decode_image(file)
-            except ImageDecodeError as err:
-                errors[index] = str(err)
-        scored = dict(zip(images, predictor.predict(list(images.values()), flip_tta=args.flip_tta), strict=True))
-        for index, file in enumerate(files):
-            if index in errors:
-                failed += 1
-                print(json.dumps({"file": display_path(file), "error": errors[index]}))
-            else:
-                print(json.dumps({"file": display_path(file), **scored[index].to_json()}))
+    for file, result in zip(args.files, predictor.predict_files(args.files, flip_tta=args.flip_tta), strict=True):
+        if isinstance(result, Prediction):
+            print(json.dumps({"file": display_path(file), **result.to_json()}))
+        else:  # a bad file costs only its own line
+            failed += 1
+            print(json.dumps({"file": display_path(file), "error": str(result)}))
     return EXIT_PROBLEMS if failed else EXIT_OK
-
-
-def _bench(args) -> int:
-    from spine_hf.bench import run
-
-    run(args)
-    return EXIT_OK
 
 
 def _push(args) -> int:
@@ -238,7 +205,7 @@ def _push(args) -> int:
 
 
 def _init(args) -> int:
-    from spine_hf.dataset_tools import init_dataset
+    from spine_hf.layout import init_dataset
 
     created = init_dataset(args.dir)
     print(f"{args.dir}: created {len(created)} folders" if created else f"{args.dir}: the layout already exists")
@@ -246,7 +213,7 @@ def _init(args) -> int:
 
 
 def _organize(args) -> int:
-    from spine_hf.dataset_tools import organize
+    from spine_hf.organize import organize
 
     report = organize(args.images, args.labels, args.out, move=args.move)
     _print_problems(report.problems, 50)
@@ -257,7 +224,7 @@ def _organize(args) -> int:
 
 
 def _split(args) -> int:
-    from spine_hf.dataset_tools import parse_ratios, split_dataset
+    from spine_hf.split import parse_ratios, split_dataset
 
     report = split_dataset(
         args.source,
@@ -297,7 +264,7 @@ def _verify(args) -> int:
 
 
 def _convert(args) -> int:
-    from spine_hf.data import convert_to_dataset
+    from spine_hf.convert import convert_to_dataset
 
     report = convert_to_dataset(
         args.dir, args.out, overwrite=args.overwrite, push_to_hub=args.push_to_hub, private=not args.public

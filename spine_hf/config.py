@@ -17,7 +17,10 @@ from typing import Any
 LIBRARIES = ("auto", "timm", "transformers")
 LOSSES = ("ce", "ordinal")
 SAMPLERS = ("none", "balanced")
-PRECISIONS = ("", "no", "fp16", "bf16", "auto")
+# train.mixed_precision: accelerate's names ("" = whatever `accelerate launch --mixed_precision` says).
+MIXED_PRECISIONS = ("", "no", "fp16", "bf16", "auto")
+# What the Predictor computes in (`spine-hf predict --precision`): a dtype, not a mixed-precision mode.
+PREDICT_PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
@@ -93,7 +96,6 @@ class OptimConfig:
     # Clip the gradient norm to this value (0 = no clipping).
     grad_clip: float = 1.0
     # "ce" (cross-entropy) or "ordinal" (soft ordinal labels: neighbouring grades share credit).
-    # On the knee radiographs (configs/knee-cpu.yaml) ce reached validation QWK 0.661, ordinal 0.651.
     loss: str = "ce"
     # Sharpness of the soft ordinal labels: target ~ exp(-ordinal_scale * (k - grade)^2).
     ordinal_scale: float = 2.0
@@ -152,7 +154,7 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.epochs >= 1 and self.batch_size >= 1 and self.eval_batch_size >= 1, "epochs/batch sizes >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
-        _check(self.mixed_precision in PRECISIONS, f"train.mixed_precision must be one of {PRECISIONS}")
+        _check(self.mixed_precision in MIXED_PRECISIONS, f"train.mixed_precision must be one of {MIXED_PRECISIONS}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
         _check(self.patience >= 0 and self.checkpoint_epochs >= 0 and self.checkpoint_steps >= 0, "counts >= 0")

@@ -22,7 +22,7 @@ import gradio as gr
 from PIL import Image
 
 from spine_hf.grades import GRADE_NAMES
-from spine_hf.imaging import ImageDecodeError, decode_image
+from spine_hf.imaging import ImageDecodeError
 
 DEFAULT_MODEL = "outputs/quickstart/run/best"
 NOTICE = (
@@ -61,7 +61,7 @@ def grade(file, show_cam: bool, model: str):
     predictor = load_predictor(model)
     path = file if isinstance(file, str) else getattr(file, "name", file)
     try:
-        image = decode_image(path)
+        image = predictor.canonical(path)
     except ImageDecodeError as err:
         raise gr.Error(f"{Path(err.name).name}: {err.problem}. {err.fix}") from err
     probabilities = predictor.probabilities([image])[0]

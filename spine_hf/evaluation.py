@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from spine_hf.data import decode_split, load_grade_split
+from spine_hf.dataset_folder import decode_split, load_grade_split
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.inference import Predictor
 from spine_hf.metrics import compute_grading_metrics

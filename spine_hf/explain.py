@@ -14,16 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spine_hf.inference import Predictor, _canonical
+from spine_hf.inference import Predictor
 
 
 def grad_cam(predictor: Predictor, image, grade: int | None = None) -> tuple[np.ndarray, int]:
     """Heat map (H x W floats in 0..1, at the canonical image's size) for `grade` (default: predicted)."""
-    canonical = _canonical(image)
+    canonical = predictor.canonical(image)
     pixels = predictor.pixels([canonical]).to(predictor.device)
-    model = predictor.model
     with torch.enable_grad():
-        features, logits = _features_and_logits(model, pixels)
+        features, logits = _features_and_logits(predictor, pixels)
         grade = int(logits.argmax(1)) if grade is None else grade
         (gradient,) = torch.autograd.grad(logits[0, grade], features)
     maps, grads = _as_grid(features.detach()[0]), _as_grid(gradient[0])
@@ -36,7 +35,7 @@ def grad_cam(predictor: Predictor, image, grade: int | None = None) -> tuple[np.
 
 def overlay(image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
     """The canonical image in gray with the heat map on top (blue low, red high)."""
-    gray = np.asarray(_canonical(image), dtype=np.float32) / 255.0
+    gray = np.asarray(Predictor.canonical(image), dtype=np.float32) / 255.0
     red = np.clip(1.5 - np.abs(4 * heat - 3), 0, 1)
     green = np.clip(1.5 - np.abs(4 * heat - 2), 0, 1)
     blue = np.clip(1.5 - np.abs(4 * heat - 1), 0, 1)
@@ -46,12 +45,12 @@ def overlay(image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
     return Image.fromarray(np.uint8(np.round(np.clip(mixed, 0, 1) * 255)))
 
 
-def _features_and_logits(model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    timm_model = getattr(model, "timm_model", None)
-    if timm_model is not None:
+def _features_and_logits(predictor: Predictor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if predictor.folder.library == "timm":  # loaded as transformers' TimmWrapper around the timm model
+        timm_model = predictor.model.timm_model
         features = timm_model.forward_features(pixels)
         return features, timm_model.forward_head(features)
-    outputs = model(pixel_values=pixels, output_hidden_states=True)
+    outputs = predictor.model(pixel_values=pixels, output_hidden_states=True)
     return outputs.hidden_states[-1], outputs.logits
 
 

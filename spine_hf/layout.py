@@ -19,9 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from spine_hf.grades import parse_grade
+from spine_hf.grades import NUM_GRADES, grade_folder, parse_grade
 from spine_hf.imaging import display_path, is_image_file
 
+# The splits of a `datasets.DatasetDict`, in order.
+SPLITS = ("train", "validation", "test")
 # Folder name as users write it -> the split's name in a `datasets.DatasetDict`.
 SPLIT_ALIASES = {
     "train": "train",
@@ -188,8 +190,29 @@ def write_patients(root: str | os.PathLike, patients: dict[str, str]) -> Path:
     return path
 
 
+def init_dataset(root: str | os.PathLike) -> list[Path]:
+    """Create ``ROOT/{train,val,test}/grade_0..grade_4``; returns the folders it created."""
+    created = []
+    for split in SPLITS:
+        for grade in range(NUM_GRADES):
+            folder = Path(root) / SPLIT_FOLDERS[split] / grade_folder(grade)
+            if not folder.is_dir():
+                folder.mkdir(parents=True)
+                created.append(folder)
+    return created
+
+
+def unique_name(taken: dict[tuple[object, str], str], folder: object, rel: str) -> str:
+    """The file name of `rel` inside an output folder; sub-folder names are folded in only on a clash."""
+    name = rel.rsplit("/", 1)[-1]
+    if (folder, name) in taken and taken[(folder, name)] != rel:
+        name = rel.replace("/", "__")
+    taken[(folder, name)] = rel
+    return name
+
+
 def _split_order(split: str | None) -> int:
-    return ["train", "validation", "test", None].index(split)
+    return [*SPLITS, None].index(split)
 
 
 def _grade_of(name: str) -> int | None:
@@ -269,7 +292,7 @@ def _scan_grade_level(layout: Layout, entries: list[os.DirEntry], split: str | N
         if len(layout.images) == before:
             layout.add("warning", "empty_grade_folder", rel, "holds no images")
     where = f"the {split} split" if split else "the pool"
-    for grade in sorted(set(range(5)) - found):
+    for grade in sorted(set(range(NUM_GRADES)) - found):
         layout.add("warning", "missing_grade", rel_prefix.rstrip("/") or ".", f"{where} has no grade {grade} folder")
 
 

@@ -1,36 +1,28 @@
-"""`build_model`: a timm or transformers backbone with a five-grade head, and how it wants its pixels.
+"""`build_model`: a timm or transformers backbone with a five-grade head, and the precision it computes in.
 
 Radiographs are grayscale; models get the canonical 8-bit image repeated to three channels, so
 pretrained RGB weights apply unchanged and `pipeline()` (which always converts to RGB) feeds the
-saved model exactly what it saw in training. Both libraries are given the same preprocessing:
-resize the whole image to ``image_size x image_size`` (no crop: the edge of a radiograph can
-hold the finding), bilinear, then the backbone's mean/std.
+saved model exactly what it saw in training. Both libraries are given the same preprocessing
+(`preprocessing.Preprocessing`): the whole image squashed to ``image_size x image_size``,
+bilinear, then the backbone's mean/std. Which library builds a name is `model_folder.resolve_library`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from spine_hf.config import ConfigError, ModelConfig
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
+from spine_hf.model_folder import resolve_library
+from spine_hf.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the model expects: a square of `size` pixels, normalised with `mean`/`std` per channel."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 class HFClassifier(nn.Module):
@@ -44,24 +36,20 @@ class HFClassifier(nn.Module):
         return self.hf_model(pixel_values=pixel_values).logits
 
 
-def resolve_library(cfg: ModelConfig) -> str:
-    """ "timm" or "transformers" for this model name."""
-    if cfg.library != "auto":
-        return cfg.library
-    import timm
-
-    name = cfg.name.removeprefix("hf-hub:")
-    if name.startswith("timm/") or timm.is_model(name.split(".")[0]):
-        return "timm"
-    return "transformers"
-
-
 def native_bf16(device: torch.device | str) -> bool:
     """Whether `device` computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX),
     so that bf16 autocast is faster than fp32 there rather than emulated."""
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """What to compute in: "auto" becomes "bf16" where `device` computes bf16 natively, else "fp32"
+    (on an AVX2-only CPU bf16 is emulated and several times slower); other values stay as they are."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def build_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:

@@ -2,21 +2,23 @@
 
     accelerate launch -m spine_hf.train --config_path configs/quickstart.yaml [--section.key=value ...]
 
-The shape of accelerate's examples: prepare -> epoch loop -> evaluation on `gather_for_metrics`
-results (so N processes score every validation image exactly once, like one process) -> the best
-epoch by validation QWK saved as a Hub-ready folder in ``output_dir/best``. Resumable checkpoints
-go to ``output_dir/checkpoints``; per-epoch metrics to ``output_dir/metrics.json``.
+The shape of accelerate's examples: `prepare` (model, data, optimizer, everything `accelerator.prepare`
+takes) -> `fit`: an epoch loop whose evaluation runs on `gather_for_metrics` results (so N processes
+score every validation image exactly once, like one process) -> the best epoch by validation QWK
+saved as a Hub-ready folder in ``output_dir/best``, then the wrap-up (test split, results, push).
+Resumable checkpoints go to ``output_dir/checkpoints``; the run folder's files are named in
+`checkpoints`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +27,93 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from spine_hf.checkpoints import resume_state, save_checkpoint
+from spine_hf.checkpoints import (
+    BEST_DIR,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOGS_DIR,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RESULTS_FILE,
+    TrainState,
+    resume_state,
+    save_checkpoint,
+)
 from spine_hf.config import Config, ConfigError, parse_config, save_config
-from spine_hf.data import load_grade_dataset
-from spine_hf.hub import load_weights, push, save_for_hub
+from spine_hf.dataset_folder import load_grade_dataset
+from spine_hf.hub import push
 from spine_hf.losses import build_loss
 from spine_hf.metrics import load_grading_metric
-from spine_hf.model import build_model, native_bf16
+from spine_hf.model import build_model, resolve_precision
+from spine_hf.model_folder import load_weights, save_for_hub
+from spine_hf.preprocessing import Preprocessing
 from spine_hf.transforms import GradeImages, grade_counts, make_loader
 
-logger = logging.getLogger(__name__)
+
+@dataclass
+class Run:
+    """Everything `prepare` set up for `fit`: the prepared objects and where training stands."""
+
+    cfg: Config
+    out: Path
+    accelerator: Accelerator
+    model: torch.nn.Module
+    # What is evaluated and saved: the EMA of the weights when train.ema_decay is set, else `model`.
+    scored: torch.nn.Module
+    ema: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loss_fn: object
+    metric: object
+    train_loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader
+    dataset: object
+    preprocessing: Preprocessing
+    state: TrainState
 
 
 def train(cfg: Config) -> dict:
     """Run the whole training; returns the best validation metrics (and test metrics when scored)."""
+    return fit(prepare(cfg))
+
+
+def fit(run: Run) -> dict:
+    """The epoch loop, then the wrap-up: test split, results.json, push."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    started = time.monotonic()
+    for epoch in range(state.epoch, cfg.train.epochs):
+        epoch_start = time.monotonic()
+        loss, out_of_time = _train_epoch(run, epoch, started)
+        train_seconds = time.monotonic() - epoch_start
+        metrics = _evaluate(run.scored, run.eval_loader, accelerator, run.metric, cfg)
+        predictions = metrics.pop("predictions")
+        record = {
+            "epoch": epoch + 1,
+            "step": state.step,
+            "train_loss": loss,
+            "lr": run.scheduler.get_last_lr()[0],
+            "seconds": round(time.monotonic() - epoch_start, 1),
+            "train_seconds": round(train_seconds, 2),  # the training part alone, without evaluation
+            cfg.data.eval_split: metrics,
+        }
+        improved = state.end_epoch(record, metrics["qwk"])
+        if improved:
+            _save_best(run, record, predictions)
+        _log_epoch(run, record, improved)
+        patience_over = bool(cfg.train.patience) and state.bad_epochs >= cfg.train.patience
+        last = out_of_time or patience_over or epoch + 1 == cfg.train.epochs
+        if last or (cfg.train.checkpoint_epochs and (epoch + 1) % cfg.train.checkpoint_epochs == 0):
+            save_checkpoint(accelerator, run.out, state, cfg.train.keep_checkpoints, run.ema)
+        if patience_over:
+            accelerator.print(f"no better {cfg.data.eval_split} QWK for {cfg.train.patience} epochs; stopping")
+        if last:
+            break
+    return _finish(run)
+
+
+def prepare(cfg: Config) -> Run:
+    """Build and `accelerator.prepare` everything, resume or claim the output folder; nothing trains yet."""
     out = Path(cfg.train.output_dir)
-    setup_start = time.monotonic()
     if cfg.train.tensorboard:
         from accelerate.utils import is_tensorboard_available
 
@@ -48,9 +121,9 @@ def train(cfg: Config) -> dict:
             raise ConfigError("train.tensorboard needs tensorboard: pip install 'spine-hf[track]'")
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
-        mixed_precision=resolve_precision(cfg.train.mixed_precision),
+        mixed_precision=mixed_precision(cfg.train.mixed_precision),
         log_with="tensorboard" if cfg.train.tensorboard else None,
-        project_dir=str(out / "logs"),
+        project_dir=str(out / LOGS_DIR),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     if cfg.train.threads:
@@ -80,8 +153,7 @@ def train(cfg: Config) -> dict:
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, accelerator.device)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
-    scheduler = _cosine_with_warmup(optimizer, cfg, steps_per_epoch, accelerator.num_processes)
-    scheduler = accelerator.prepare(scheduler)
+    scheduler = accelerator.prepare(_cosine_with_warmup(optimizer, cfg, steps_per_epoch, accelerator.num_processes))
     ema = None
     if cfg.train.ema_decay:
         from timm.utils import ModelEmaV3
@@ -90,108 +162,93 @@ def train(cfg: Config) -> dict:
         # scored on what is mostly the random initialisation.
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, use_warmup=True)
     metric = _load_metric(accelerator)
-    state = {"epoch": 0, "step": 0, "batches_in_epoch": 0, "best_qwk": -math.inf, "best_epoch": -1, "bad_epochs": 0}
-    state["history"] = []
     if cfg.train.resume:
         state = resume_state(accelerator, cfg.train.resume, out, ema)
     else:
+        state = TrainState()
         _claim_output_dir(accelerator, out, cfg.train.overwrite)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, out / CONFIG_FILE)
     if cfg.train.tensorboard:
         accelerator.init_trackers("spine_hf")
+    scored = ema.module if ema is not None else model
+    return Run(cfg, out, accelerator, model, scored, ema, optimizer, scheduler, loss_fn, metric, train_loader,
+               eval_loader, dataset, preprocessing, state)  # fmt: skip
 
-    start, stop = time.monotonic(), False
-    if accelerator.is_main_process:  # model, data cache: paid once per run (for time-to-quality benchmarks)
-        (out / "timing.json").write_text(json.dumps({"setup_seconds": round(start - setup_start, 2)}) + "\n")
-    scored = ema.module if ema is not None else model  # what is evaluated and saved
-    for epoch in range(state["epoch"], cfg.train.epochs):
-        model.train()
-        train_loader.set_epoch(epoch)
-        batches = train_loader
-        if state["batches_in_epoch"]:  # resumed mid-epoch: the same order, minus what was done
-            batches = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
-        losses, epoch_start = [], time.monotonic()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not accelerator.is_main_process)
-        for pixels, labels in bar:
-            loss = training_step(accelerator, model, loss_fn, optimizer, scheduler, pixels, labels, cfg)
-            state["batches_in_epoch"] += 1
-            losses.append(loss.item())
-            if accelerator.sync_gradients:
-                state["step"] += 1
-                if ema is not None:
-                    ema.update(accelerator.unwrap_model(model), step=state["step"])
-                if cfg.train.checkpoint_steps and state["step"] % cfg.train.checkpoint_steps == 0:
-                    save_checkpoint(accelerator, out, state, cfg.train.keep_checkpoints, ema)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            if cfg.train.time_limit_minutes and time.monotonic() - start > 60 * cfg.train.time_limit_minutes:
-                stop = True
-                accelerator.print(f"time limit of {cfg.train.time_limit_minutes} min reached; stopping")
-                break
-        train_seconds = time.monotonic() - epoch_start
-        metrics = _evaluate(scored, eval_loader, accelerator, metric, cfg)
-        predictions = metrics.pop("predictions")
-        train_loss = float(
-            accelerator.gather(torch.tensor(np.mean(losses or [np.nan]), device=accelerator.device)).mean()
-        )
-        record = {
-            "epoch": epoch + 1,
-            "step": state["step"],
-            "train_loss": train_loss,
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": round(time.monotonic() - epoch_start, 1),
-            # The training part of the epoch alone (no evaluation), for time-to-quality comparisons.
-            "train_seconds": round(train_seconds, 2),
-            cfg.data.eval_split: metrics,
-        }
-        state["history"].append(record)
-        state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
-        improved = metrics["qwk"] > state["best_qwk"]
-        if improved:
-            state["best_qwk"], state["best_epoch"], state["bad_epochs"] = metrics["qwk"], epoch + 1, 0
-            weights = accelerator.get_state_dict(scored)  # every rank: FSDP/DeepSpeed gather here
-            if accelerator.is_main_process:
-                best_predictions = {"epoch": epoch + 1, "split": cfg.data.eval_split, "predictions": predictions}
-                (out / "best_predictions.json").write_text(json.dumps(best_predictions) + "\n")
-                best = accelerator.unwrap_model(scored)
-                save_for_hub(best, cfg, preprocessing, out / "best", metrics=record, state_dict=weights)
-        else:
-            state["bad_epochs"] += 1
-        accelerator.print(
-            f"epoch {epoch + 1}: loss {train_loss:.4f}  {cfg.data.eval_split} QWK {metrics['qwk']:.4f} "
-            f"acc {metrics['accuracy']:.4f} MAE {metrics['mae']:.4f} ({metrics['count']} images)"
-            + ("  * best" if improved else "")
-        )
-        if cfg.train.tensorboard:
-            accelerator.log(
-                {"train_loss": train_loss, **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, float)}},
-                step=state["step"],
-            )
-        if accelerator.is_main_process:
-            (out / "metrics.json").write_text(json.dumps(state["history"], indent=2) + "\n")
-        patience_over = cfg.train.patience and state["bad_epochs"] >= cfg.train.patience
-        last = stop or patience_over or epoch + 1 == cfg.train.epochs
-        if last or (cfg.train.checkpoint_epochs and (epoch + 1) % cfg.train.checkpoint_epochs == 0):
-            save_checkpoint(accelerator, out, state, cfg.train.keep_checkpoints, ema)
-        if patience_over:
-            accelerator.print(f"no better {cfg.data.eval_split} QWK for {cfg.train.patience} epochs; stopping")
-        if last:
+
+def _train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
+    """One pass over the training split (or what is left of it after a resume); returns the mean loss
+    over all processes and whether train.time_limit_minutes ran out."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    run.model.train()
+    run.train_loader.set_epoch(epoch)
+    batches = run.train_loader
+    if state.batches_in_epoch:  # resumed mid-epoch: the same order, minus what was done
+        batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
+    losses, out_of_time = [], False
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not accelerator.is_main_process)
+    for pixels, labels in bar:
+        loss = training_step(accelerator, run.model, run.loss_fn, run.optimizer, run.scheduler, pixels, labels, cfg)
+        state.batches_in_epoch += 1
+        losses.append(loss.item())
+        if accelerator.sync_gradients:
+            state.step += 1
+            if run.ema is not None:
+                run.ema.update(accelerator.unwrap_model(run.model), step=state.step)
+            if cfg.train.checkpoint_steps and state.step % cfg.train.checkpoint_steps == 0:
+                save_checkpoint(accelerator, run.out, state, cfg.train.keep_checkpoints, run.ema)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if cfg.train.time_limit_minutes and time.monotonic() - started > 60 * cfg.train.time_limit_minutes:
+            out_of_time = True
+            accelerator.print(f"time limit of {cfg.train.time_limit_minutes} min reached; stopping")
             break
+    mean = torch.tensor(np.mean(losses or [np.nan]), device=accelerator.device)
+    return float(accelerator.gather(mean).mean()), out_of_time
 
+
+def _save_best(run: Run, record: dict, predictions: list[int]) -> None:
+    """The best epoch so far: its model folder and its validation prediction for every image."""
+    weights = run.accelerator.get_state_dict(run.scored)  # every rank: FSDP/DeepSpeed gather here
+    if run.accelerator.is_main_process:
+        best = {"epoch": record["epoch"], "split": run.cfg.data.eval_split, "predictions": predictions}
+        (run.out / PREDICTIONS_FILE).write_text(json.dumps(best) + "\n")
+        model = run.accelerator.unwrap_model(run.scored)
+        save_for_hub(model, run.cfg, run.preprocessing, run.out / BEST_DIR, metrics=record, state_dict=weights)
+
+
+def _log_epoch(run: Run, record: dict, improved: bool) -> None:
+    """The epoch's line, its tensorboard scalars and metrics.json."""
+    cfg, accelerator = run.cfg, run.accelerator
+    metrics = record[cfg.data.eval_split]
+    accelerator.print(
+        f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  {cfg.data.eval_split} QWK {metrics['qwk']:.4f} "
+        f"acc {metrics['accuracy']:.4f} MAE {metrics['mae']:.4f} ({metrics['count']} images)"
+        + ("  * best" if improved else "")
+    )
+    if cfg.train.tensorboard:
+        scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+        accelerator.log({"train_loss": record["train_loss"], **scalars}, step=run.state.step)
+    if accelerator.is_main_process:
+        (run.out / METRICS_FILE).write_text(json.dumps(run.state.history, indent=2) + "\n")
+
+
+def _finish(run: Run) -> dict:
+    """Score the best model on the test split, write results.json, push when asked."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
     accelerator.wait_for_everyone()
-    result = {"best_epoch": state["best_epoch"], cfg.data.eval_split: _best_record(state).get(cfg.data.eval_split)}
+    result = {"best_epoch": state.best_epoch, cfg.data.eval_split: state.best_record().get(cfg.data.eval_split)}
     if cfg.data.test_split:
-        best = accelerator.unwrap_model(scored)
-        load_weights(best, out / "best")
-        test_set = GradeImages(dataset[cfg.data.test_split], preprocessing, cfg.data, train=False)
+        best = accelerator.unwrap_model(run.scored)
+        load_weights(best, run.out / BEST_DIR)
+        test_set = GradeImages(run.dataset[cfg.data.test_split], run.preprocessing, cfg.data, train=False)
         test_loader = accelerator.prepare(make_loader(test_set, cfg.train.eval_batch_size, cfg.data, False, 0))
-        result[cfg.data.test_split] = _evaluate(best, test_loader, accelerator, metric, cfg)
+        result[cfg.data.test_split] = _evaluate(best, test_loader, accelerator, run.metric, cfg)
         result[cfg.data.test_split].pop("predictions")
     if accelerator.is_main_process:
-        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        (run.out / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
         if cfg.hub.repo_id:
-            push(out / "best", cfg.hub.repo_id, private=cfg.hub.private)
+            push(run.out / BEST_DIR, cfg.hub.repo_id, private=cfg.hub.private)
     accelerator.end_training()
     return result
 
@@ -211,11 +268,13 @@ def training_step(accelerator, model, loss_fn, optimizer, scheduler, pixels, lab
     return loss
 
 
-def resolve_precision(precision: str) -> str | None:
-    """The accelerate mixed-precision mode for `train.mixed_precision` ("auto" decided by the hardware)."""
-    if precision != "auto":
-        return precision or None
-    return "bf16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "no"
+def mixed_precision(precision: str) -> str | None:
+    """accelerate's mixed-precision mode for `train.mixed_precision`: "auto" becomes bf16 where the device
+    computes it natively, else "no"; "" leaves it to `accelerate launch --mixed_precision`."""
+    if not precision:
+        return None
+    resolved = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
+    return "no" if resolved == "fp32" else resolved
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
@@ -271,16 +330,9 @@ def _evaluate(model, loader, accelerator: Accelerator, metric, cfg: Config) -> d
     return metrics
 
 
-def _best_record(state: dict) -> dict:
-    for record in state["history"]:
-        if record["epoch"] == state["best_epoch"]:
-            return record
-    return {}
-
-
 def _claim_output_dir(accelerator: Accelerator, out: Path, overwrite: bool) -> None:
     """A fresh run must not mix with (or silently replace) an earlier run in the same folder."""
-    earlier = [name for name in ("config.yaml", "best", "checkpoints", "metrics.json") if (out / name).exists()]
+    earlier = [name for name in (CONFIG_FILE, BEST_DIR, CHECKPOINTS_DIR, METRICS_FILE) if (out / name).exists()]
     accelerator.wait_for_everyone()  # every process has looked before any of them writes
     if not earlier:
         return
@@ -290,21 +342,19 @@ def _claim_output_dir(accelerator: Accelerator, out: Path, overwrite: bool) -> N
             "with --train.overwrite=true, or choose another --train.output_dir"
         )
     if accelerator.is_main_process:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # never resume into the old run by mistake
-        for name in ("metrics.json", "results.json", "best_predictions.json"):
+        shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)  # never resume into the old run by mistake
+        for name in (METRICS_FILE, RESULTS_FILE, PREDICTIONS_FILE):
             (out / name).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("spine_hf").setLevel(logging.INFO)
+    """`python -m spine_hf.train` / `accelerate launch -m spine_hf.train` / `spine-hf train`."""
+    from spine_hf import setup_logging
+
+    setup_logging()
     try:
         cfg = parse_config(argv)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
         result = train(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -315,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     for split, metrics in result.items():
         if isinstance(metrics, dict) and "qwk" in metrics:
             print(f"{split}: QWK {metrics['qwk']:.4f}  accuracy {metrics['accuracy']:.4f}  MAE {metrics['mae']:.4f}")
-    print(f"model folder: {Path(cfg.train.output_dir) / 'best'}")
+    print(f"model folder: {Path(cfg.train.output_dir) / BEST_DIR}")
     return 0
 
 

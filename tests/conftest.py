@@ -40,11 +40,23 @@ def phantom_pool(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_split(tmp_path_factory, phantom_pool) -> Path:
     """`phantom_pool` split 0.6/0.2/0.2 by patient. Do not modify it."""
-    from spine_hf.dataset_tools import split_dataset
+    from spine_hf.split import split_dataset
 
     out = tmp_path_factory.mktemp("phantoms") / "split"
     split_dataset(phantom_pool, out, ratios=(0.6, 0.2, 0.2), seed=0)
     return out
+
+
+@pytest.fixture
+def raw(tmp_path) -> Path:
+    """A flat folder of six 32-pixel PNGs (img0..img5.png) and one in a sub-folder (sub/deep.png)."""
+    from factories import write_png
+
+    folder = tmp_path / "raw"
+    for i in range(6):
+        write_png(folder / f"img{i}.png", seed=i)
+    write_png(folder / "sub" / "deep.png", seed=50)
+    return folder
 
 
 @pytest.fixture
@@ -59,7 +71,7 @@ def knee() -> Path:
 def trained_model(tmp_path_factory, phantom_split) -> Path:
     """A timm test_resnet trained for 3 epochs on 64-pixel phantoms: (model folder, dataset folder)."""
     from spine_hf.config import parse_config
-    from spine_hf.data import convert_to_dataset
+    from spine_hf.convert import convert_to_dataset
     from spine_hf.train import train
 
     root = tmp_path_factory.mktemp("trained")

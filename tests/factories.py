@@ -91,3 +91,14 @@ def fake_hf_api():
             calls.append(("upload_folder", kwargs))
 
     return FakeApi, calls
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    """Every file under root -> its SHA-256: equal before and after means nothing was changed or lost."""
+    import hashlib
+
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

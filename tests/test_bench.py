@@ -1,4 +1,4 @@
-"""`spine-hf bench` end to end at toy sizes: every ratio is measured, printed beside its goal and in the JSON."""
+"""`python -m bench` end to end at toy sizes: every ratio is measured, printed beside its goal and in the JSON."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from spine_hf.bench import Ratio
-from spine_hf.cli import main
+from bench.__main__ import main
+from bench.report import Ratio
 
 
 def test_ratio_verdicts():
@@ -22,7 +22,7 @@ def test_ratio_verdicts():
 def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys):
     common = ["--model", "test_resnet", "--image-size", "32", "--batch-size", "4", "--data", str(phantom_split),
               "--work", str(tmp_path / "work")]  # fmt: skip
-    assert main(["bench", "all", *common, "--steps", "2", "--repeats", "2", "--json", str(tmp_path / "all.json")]) == 0
+    assert main(["all", *common, "--steps", "2", "--repeats", "2", "--json", str(tmp_path / "all.json")]) == 0
     printed = capsys.readouterr().out
     ratios = json.loads((tmp_path / "all.json").read_text())["ratios"]
     assert set(ratios) >= {
@@ -37,7 +37,7 @@ def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys
         assert key in printed
     numbers = json.loads((tmp_path / "all.json").read_text())["numbers"]
     assert numbers["predict.one_image_speedup_ceiling"] > 0 and numbers["predict.forward_gflops_per_image"] > 0
-    assert main(["bench", "quality", *common, "--budget-minutes", "0.05", "--json", str(tmp_path / "q.json")]) == 0
+    assert main(["quality", *common, "--budget-minutes", "0.05", "--json", str(tmp_path / "q.json")]) == 0
     quality = json.loads((tmp_path / "q.json").read_text())
     assert quality["numbers"]["quality.usual_recipe_curve_seconds_qwk"]
     assert quality["numbers"]["quality.project_curve_seconds_qwk"]
@@ -49,9 +49,9 @@ def test_the_baseline_is_the_example_scripts_recipe():
     """The usual recipe decodes with PIL per sample and uses the classic torchvision transforms."""
     import inspect
 
-    from spine_hf import bench_baseline
+    from bench import baseline
 
-    source = inspect.getsource(bench_baseline)
+    source = inspect.getsource(baseline)
     for piece in ('load_dataset("imagefolder"', "with_transform", "RandomResizedCrop(size)", "RandomHorizontalFlip()",
                   "ToTensor()", 'image.convert("RGB")', 'name="linear"', "num_warmup_steps=0"):  # fmt: skip
         assert piece in source, piece

@@ -13,7 +13,8 @@ from factories import write_png
 from PIL import Image
 
 from spine_hf import parallel
-from spine_hf.data import convert_to_dataset, load_grade_dataset
+from spine_hf.convert import convert_to_dataset
+from spine_hf.dataset_folder import load_grade_dataset
 from spine_hf.imaging import ImageDecodeError, decode, decode_image
 from spine_hf.layout import DatasetLayoutError
 from spine_hf.parallel import MIN_ITEMS_FOR_PROCESSES, map_cpu

@@ -12,7 +12,7 @@ from collections import defaultdict
 import pytest
 
 from spine_hf.cli import main
-from spine_hf.data import load_grade_dataset
+from spine_hf.dataset_folder import load_grade_dataset
 
 pytestmark = pytest.mark.real_data
 

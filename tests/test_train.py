@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO
 
 from spine_hf.config import parse_config
-from spine_hf.data import convert_to_dataset, load_grade_dataset
+from spine_hf.convert import convert_to_dataset
+from spine_hf.dataset_folder import load_grade_dataset
 from spine_hf.grades import GRADE_NAMES
 
 TINY_VIT = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, patch_size: 8}"
@@ -23,8 +24,8 @@ TINY_VIT = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, inte
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
     """35 phantoms of 64 px, split so that validation has an odd number of images."""
-    from spine_hf.dataset_tools import split_dataset
     from spine_hf.phantoms import make_phantoms
+    from spine_hf.split import split_dataset
 
     root = tmp_path_factory.mktemp("train")
     make_phantoms(root / "pool", per_grade=7, seed=5, size=64, second_view=0.0)

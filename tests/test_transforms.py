@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from spine_hf.config import DataConfig
-from spine_hf.model import Preprocessing
+from spine_hf.preprocessing import Preprocessing
 from spine_hf.transforms import BatchAugment
 
 PREP = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -1,11 +1,11 @@
-"""Grade folders -> a Hugging Face `datasets.DatasetDict` (`spine-hf data convert`), and back to disk.
+"""`convert`: a split tree of grade folders -> a Hugging Face `datasets.DatasetDict` folder.
 
 Every image goes through the project's decoder on the way in, so the dataset holds canonical
 8-bit grayscale images: 16-bit PNG and DICOM are converted once here, never again at training
 time. Files that already are plain 8-bit grayscale PNG/JPEG without metadata keep their bytes.
-The rows are written straight to Arrow (``Dataset.from_generator``) with the label given per row, so
-no label is inferred from folder names, sorted as a string or dropped for uneven depths (the
-traps of datasets' ``imagefolder``), and every scanned image is counted into the dataset.
+The rows are written straight to Arrow (`dataset_folder.write_dataset_dict`) with the label given
+per row, so no label is inferred from folder names, sorted as a string or dropped for uneven depths
+(the traps of datasets' ``imagefolder``), and every scanned image is counted into the dataset.
 
 DICOM files leave nothing of their header behind: the pixels are re-encoded as PNG and the row is
 named after a hash of the pixels, never after the file (whose name may hold a UID or a name).
@@ -18,16 +18,16 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from spine_hf.dataset_writer import write_dataset_dict
-from spine_hf.grades import GRADE_NAMES, NUM_GRADES, grade_folder
+from spine_hf.dataset_folder import dataset_features, write_dataset_dict
+from spine_hf.grades import NUM_GRADES, grade_folder
 from spine_hf.imaging import ImageDecodeError, decode
 from spine_hf.layout import (
+    SPLITS,
     STRUCTURAL_ERRORS,
     DatasetLayoutError,
     ImageEntry,
@@ -37,20 +37,11 @@ from spine_hf.layout import (
     scan,
     tolerated_problems,
 )
-from spine_hf.outputs import check_new_output, staged_folder
+from spine_hf.outputs import staged_folder
 from spine_hf.parallel import map_cpu
 from spine_hf.verify import BURNED_IN_TEXT
 
 logger = logging.getLogger(__name__)
-
-SPLIT_NAMES = ("train", "validation", "test")
-
-
-def dataset_features():
-    """The features of every dataset this project writes: image, grade label, source file."""
-    from datasets import ClassLabel, Features, Image, Value
-
-    return Features({"image": Image(), "label": ClassLabel(names=list(GRADE_NAMES)), "file": Value("string")})
 
 
 @dataclass
@@ -112,8 +103,6 @@ def convert_to_dataset(
         DatasetLayoutError: the tree is not a split tree, has folders of unknown grade, or files
             that cannot be decoded (all are listed; nothing is written).
     """
-    import datasets
-
     start = time.perf_counter()
     root, out = Path(root), Path(out)
     layout = scan(root)
@@ -123,13 +112,13 @@ def convert_to_dataset(
             [Problem("error", "not_split", ".", "has no train/val/test folders; run `spine-hf data split` first")],
         )
     require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
-    check_new_output(out, overwrite)
     report = ConvertReport(out, counts={})
     report.problems = tolerated_problems(layout)
-    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
-    try:
-        staging.mkdir(parents=True)
-        staged = _stage_all(layout.images, staging, workers)
+    with staged_folder(out, overwrite) as partial:  # the dataset appears under its name only once complete
+        # Re-encoded images wait inside the staged folder until their bytes are in the Arrow files.
+        reencoded = partial / ".reencoded"
+        reencoded.mkdir()
+        staged = _stage_all(layout.images, reencoded, workers)
         failures = [s for s in staged if isinstance(s, Problem)]
         if failures:
             raise DatasetLayoutError(root, failures)
@@ -142,94 +131,21 @@ def convert_to_dataset(
         # Arrow straight from the image bytes, the label given per row: no imagefolder inference, so no
         # label can be dropped or re-ordered. A fresh fingerprint: there is no cache to reuse.
         splits = {}
-        for split in SPLIT_NAMES:
+        for split in SPLITS:
             split_rows = [(r.data_path, r.name, r.grade, r.file) for r in rows if r.split == split]
             if split_rows:
                 splits[split] = split_rows
                 report.counts[split] = np.bincount([row[2] for row in split_rows], minlength=NUM_GRADES).tolist()
         for how in ("kept", "reencoded", "dicom"):
             setattr(report, how, sum(r.how == how for r in rows))
-        with staged_folder(out, overwrite) as partial:  # the dataset appears under its name only once complete
-            write_dataset_dict(partial, splits, dataset_features(), f"spine-hf-convert-{os.getpid()}-{time.time_ns()}")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_dataset_dict(partial, splits, dataset_features(), f"spine-hf-convert-{os.getpid()}-{time.time_ns()}")
+        shutil.rmtree(reencoded)
     if push_to_hub:
+        import datasets
+
         datasets.load_from_disk(str(out)).push_to_hub(push_to_hub, private=private)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def load_grade_dataset(path: str | os.PathLike):
-    """Load a dataset written by `convert_to_dataset` and check that it has the grade labels."""
-    import datasets
-
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{path}: no such dataset folder; build one with `spine-hf data convert IMAGES {path}`")
-    if (folder / "state.json").is_file():
-        raise ValueError(f"{path} holds a single Dataset; spine-hf needs a DatasetDict with named splits")
-    if not (folder / "dataset_dict.json").is_file():
-        if scan(folder).images:
-            raise ValueError(
-                f"{path} is a folder of images, not a converted dataset; run `spine-hf data convert {path} OUT` "
-                "and pass OUT"
-            )
-        raise ValueError(f"{path} is not a dataset written by `spine-hf data convert` (no dataset_dict.json)")
-    dataset = datasets.load_from_disk(str(path))
-    for split, part in dataset.items():
-        label = part.features.get("label")
-        if "image" not in part.features or getattr(label, "names", None) != list(GRADE_NAMES):
-            raise ValueError(
-                f"{path} ({split}) is not a spine-hf dataset: expected an image column and a label ClassLabel "
-                f"named {list(GRADE_NAMES)}, found {part.features}; build it with `spine-hf data convert`"
-            )
-    return dataset
-
-
-def load_grade_split(path: str | os.PathLike, split: str):
-    """One split of a dataset written by `convert_to_dataset`; the error names the splits there are."""
-    dataset = load_grade_dataset(path)
-    if split not in dataset:
-        raise ValueError(f"{path} has no split {split!r} (it has {sorted(dataset)})")
-    return dataset[split]
-
-
-def row_failure(index: int, name: str | None, err: ImageDecodeError) -> str:
-    """How one undecodable row of a dataset is listed: `row N (file): problem`."""
-    return f"row {index} ({display_path(name or 'embedded image')}): {err.problem}"
-
-
-def undecodable_rows(failures: list[str]) -> ValueError:
-    """One error listing the rows of a dataset that cannot be decoded (the first 20), pointing to `convert`."""
-    more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-    return ValueError(
-        f"{len(failures)} images of this dataset cannot be decoded (rebuild it with `spine-hf data convert`, "
-        "which checks every image):\n  " + "\n  ".join(failures[:20]) + more
-    )
-
-
-def decode_split(rows) -> list:
-    """Every image of a dataset split as a canonical PIL image; one error lists every row that fails."""
-    from datasets import Image as ImageFeature
-
-    from spine_hf.imaging import decode_image
-
-    cells = rows.cast_column("image", ImageFeature(decode=False))["image"]
-    names = rows["file"] if "file" in rows.column_names else [cell.get("path") or "" for cell in cells]
-
-    def one(index: int):
-        cell = cells[index]
-        try:
-            return decode_image(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
-        except ImageDecodeError as err:
-            return row_failure(index, names[index], err)
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        images = list(pool.map(one, range(len(cells))))
-    failures = [image for image in images if isinstance(image, str)]
-    if failures:
-        raise undecodable_rows(failures)
-    return images
 
 
 def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:

@@ -1,0 +1,87 @@
+"""`python -m bench`: spine-hf's benchmarks, from a checkout of the repository.
+
+    python -m bench all     [--data DIR] [--model resnet18] [--image-size 224] [--batch-size 32] [--json FILE]
+    python -m bench train | predict | convert | quality
+
+* train, predict, convert: `bench.speed`; quality: `bench.quality`; all: convert, train and predict.
+
+Every arm runs in this process, on this machine, one after the other, so the ratios compare like with
+like on a noisy machine; absolute numbers are printed for context only. DIR is a split tree of grade
+folders (e.g. ``../shared/data/knee-kl224``); without it the benchmarks run on synthetic phantoms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.data import prepare_tree
+from bench.quality import bench_quality
+from bench.report import Report, machine_context
+from bench.speed import bench_convert, bench_predict, bench_train
+
+COMMANDS = {"train": bench_train, "predict": bench_predict, "convert": bench_convert, "quality": bench_quality}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "what",
+        choices=["train", "predict", "convert", "quality", "all"],
+        help="all = convert, train and predict (quality takes about 45 minutes on its own)",
+    )
+    parser.add_argument("--data", help="split tree of grade folders to run on (default: synthetic phantoms)")
+    parser.add_argument("--model", default="resnet18", help="timm or transformers model name (default resnet18)")
+    parser.add_argument("--image-size", type=int, help="default 224 (quality: the recipe's, 128)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--json", help="also write the ratios and the numbers behind them to this JSON file")
+    parser.add_argument("--work", default="outputs/bench", help="scratch folder (datasets, model folders)")
+    parser.add_argument("--steps", type=int, default=32, help="timed training steps per arm (train)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed one-image predictions per arm (predict)")
+    parser.add_argument("--model-dir", help="a saved model folder for predict (default: random weights)")
+    parser.add_argument("--budget-minutes", type=float, default=19.0, help="training minutes per recipe (quality)")
+    parser.add_argument("--phantoms-per-grade", type=int, default=120, help="phantoms made when there is no --data")
+    return parser
+
+
+def run(args) -> Report:
+    """Run `args.what` ("all" = convert, train, predict) and print/write the report."""
+    import datasets
+    import torch
+
+    datasets.disable_progress_bars()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tree, described = prepare_tree(args, work)
+    if args.image_size is None and args.what != "quality":
+        args.image_size = 224
+    report = Report({**machine_context(args), "data": described})
+    print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {described}")  # fmt: skip
+    start = time.perf_counter()
+    for name in ("convert", "train", "predict") if args.what == "all" else (args.what,):
+        COMMANDS[name](args, report, work, tree)
+    report.number("total_seconds", time.perf_counter() - start)
+    print(f"\nsummary ({time.perf_counter() - start:.0f} s):")
+    for ratio in report.ratios:
+        print(ratio.line())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from spine_hf import setup_logging
+
+    setup_logging()
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

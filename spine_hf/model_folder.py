@@ -1,0 +1,184 @@
+"""The saved model folder, and the one place that tells timm and transformers apart.
+
+A model folder loads with `pipeline("image-classification")`, `AutoModelForImageClassification` and,
+for timm backbones, `timm.create_model("local-dir:...")`. Everything else in spine-hf asks this
+module instead of looking inside the folder itself: which library a model name belongs to
+(`resolve_library`), what a saved folder holds (`ModelFolder`, `open_model_folder`: its library, its preprocessing, the
+name of its classifier's weights), writing one (`save_for_hub`), reading its weights back into a
+built model (`load_weights`) and folding a temperature into its classifier (`scale_classifier`).
+
+For timm backbones the folder is timm's own Hub format with two fixes that make it load in
+transformers 5 too: ``model_args`` never repeats ``num_classes`` (TimmWrapper passes it itself and
+would fail on the duplicate), and the weights keep timm's key names (transformers adds its
+``timm_model.`` prefix on load; a TimmWrapper's own ``save_pretrained`` would write prefixed keys
+that timm cannot read). Every file is safetensors or plain text: nothing in a folder is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from spine_hf.config import Config, ModelConfig, config_to_yaml
+from spine_hf.grades import GRADE_NAMES
+from spine_hf.outputs import staged_folder
+from spine_hf.preprocessing import Preprocessing
+
+CONFIG_FILE = "spine_hf_config.yaml"
+METRICS_FILE = "metrics.json"
+WEIGHTS_FILE = "model.safetensors"
+# transformers backbones are wrapped in `model.HFClassifier`, whose state dict adds this prefix.
+HF_PREFIX = "hf_model."
+
+
+def resolve_library(cfg: ModelConfig) -> str:
+    """ "timm" or "transformers": the library that builds `cfg.name` (timm whenever timm knows the name)."""
+    if cfg.library != "auto":
+        return cfg.library
+    import timm
+
+    name = cfg.name.removeprefix("hf-hub:")
+    if name.startswith("timm/") or timm.is_model(name.split(".")[0]):
+        return "timm"
+    return "transformers"
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """What a saved model folder holds, read from its ``config.json`` (and preprocessor config)."""
+
+    path: Path
+    # "timm" (timm's Hub format: config.json has a pretrained_cfg) or "transformers".
+    library: str
+    preprocessing: Preprocessing
+    # The classifier's weights are `{classifier}.weight` and `{classifier}.bias` in model.safetensors.
+    classifier: str
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ModelFolder:
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path}: no config.json; not a model folder saved by spine-hf or transformers")
+        config = json.loads(config_file.read_text())
+        if "pretrained_cfg" in config:
+            cfg = config["pretrained_cfg"]
+            preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
+            return cls(path, "timm", preprocessing, cfg.get("classifier", "classifier"))
+        processor = json.loads((path / "preprocessor_config.json").read_text())
+        size = processor["size"]
+        side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+        preprocessing = Preprocessing(int(side), tuple(processor["image_mean"]), tuple(processor["image_std"]))
+        return cls(path, "transformers", preprocessing, "classifier")
+
+    def load_model(self) -> nn.Module:
+        """The folder as a transformers image classifier (timm folders load as a TimmWrapper)."""
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(str(self.path), trust_remote_code=False)
+
+    def scale_classifier(self, temperature: float) -> None:
+        """Divide the classifier's weight and bias by `temperature`, in place: logits / T, nothing else."""
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(str(self.path / WEIGHTS_FILE))
+        keys = [f"{self.classifier}.weight", f"{self.classifier}.bias"]
+        if keys[0] not in weights:
+            raise ValueError(f"{self.path}: no classifier weights named {keys[0]}; cannot fold a temperature in")
+        for key in keys:
+            if key in weights:
+                weights[key] = (weights[key].float() / temperature).to(weights[key].dtype).contiguous()
+        save_file(weights, str(self.path / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def open_model_folder(model: str | os.PathLike) -> ModelFolder:
+    """The `ModelFolder` of a local folder, or of a Hub repo id (fetched, or from the cache with HF_HUB_OFFLINE=1)."""
+    path = Path(model)
+    if not path.is_dir():
+        if path.exists() or str(model).count("/") != 1:
+            raise FileNotFoundError(f"{model}: not a model folder and not a Hub repo id (org/name)")
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id=str(model)))
+    return ModelFolder.read(path)
+
+
+def save_for_hub(
+    model: nn.Module,
+    cfg: Config,
+    preprocessing: Preprocessing,
+    out_dir: str | os.PathLike,
+    metrics: dict | None = None,
+    state_dict: dict | None = None,
+) -> Path:
+    """Write a Hub-ready model folder (weights, config, preprocessing, model card, the resolved training
+    config, metrics); replaces `out_dir` only once the new folder is complete.
+
+    Args:
+        model: what `model.build_model(cfg.model)` built (and training changed).
+        state_dict: the weights to write (e.g. gathered from FSDP); default: the model's own.
+    """
+    from spine_hf.model_card import model_card
+
+    library = resolve_library(cfg.model)
+    with staged_folder(out_dir, overwrite=True) as partial:
+        if state_dict is None:
+            state_dict = model.state_dict()
+        if library == "transformers":
+            state_dict = {key.removeprefix(HF_PREFIX): value for key, value in state_dict.items()}
+            _save_transformers(model.hf_model, preprocessing, partial, state_dict)
+        else:
+            _save_timm(model, partial, state_dict)
+        (partial / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
+        (partial / "README.md").write_text(model_card(cfg, metrics, library), encoding="utf-8")
+        if metrics is not None:
+            (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir)
+
+
+def load_weights(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Load the weights of a folder written by `save_for_hub` into a model built from the same config."""
+    saved = ModelFolder.read(folder)
+    if saved.library == "transformers":
+        # transformers renames keys between its file format and its modules; let it do that.
+        model.hf_model.load_state_dict(saved.load_model().state_dict())
+        return
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(saved.path / WEIGHTS_FILE)))
+
+
+def _save_timm(model: nn.Module, out_dir: Path, state_dict: dict) -> None:
+    from safetensors.torch import save_file
+    from timm.models._hub import save_config_for_hf
+
+    save_config_for_hf(model, str(out_dir / "config.json"), model_config={"label_names": list(GRADE_NAMES)})
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    model_args = {k: v for k, v in config.pop("model_args", {}).items() if k != "num_classes"}
+    if model_args:
+        config["model_args"] = model_args
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    # channels_last weights are not contiguous; safetensors wants plain tensors.
+    state = {key: tensor.detach().contiguous().cpu() for key, tensor in state_dict.items()}
+    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def _save_transformers(hf_model: nn.Module, preprocessing: Preprocessing, out_dir: Path, state_dict: dict) -> None:
+    from transformers import ViTImageProcessor
+
+    state_dict = {key: tensor.detach().contiguous() for key, tensor in state_dict.items()}
+    hf_model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+    # A plain resize + normalise processor: the same squash-to-square the training used.
+    processor = ViTImageProcessor(
+        do_resize=True,
+        size={"height": preprocessing.size, "width": preprocessing.size},
+        resample=2,  # PIL bilinear
+        image_mean=list(preprocessing.mean),
+        image_std=list(preprocessing.std),
+    )
+    processor.save_pretrained(out_dir)

@@ -1,0 +1,259 @@
+"""`split`: a pool of grade folders -> ``OUT/{train,val,test}/grade_N``, stratified by grade, grouped by patient.
+
+All images of a patient land in the same split; within that constraint each split gets as close as
+possible to its share of every grade, deterministically for a seed. Patient ids come from a regular
+expression on the file name, a CSV, or the pool's ``patients.csv``. Like `organize`, it writes a
+staged folder that appears as OUT only when complete, never into an existing non-empty OUT, and with
+`move=True` removes the sources only after OUT is published.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spine_hf.grades import NUM_GRADES, grade_folder
+from spine_hf.labels_csv import read_patient_ids
+from spine_hf.layout import (
+    PATIENTS_FILE,
+    SPLIT_FOLDERS,
+    SPLITS,
+    STRUCTURAL_ERRORS,
+    DatasetLayoutError,
+    ImageEntry,
+    Problem,
+    display_path,
+    read_patients,
+    require_usable,
+    scan,
+    tolerated_problems,
+    unique_name,
+    write_patients,
+)
+from spine_hf.outputs import place_file, staged_folder
+from spine_hf.verify import undecodable_problems
+
+
+@dataclass
+class SplitReport:
+    """What `split_dataset` produced."""
+
+    out: Path
+    # split -> grade -> images
+    counts: dict[str, list[int]]
+    # split -> number of patients (groups)
+    groups: dict[str, int]
+    # Where the patient ids came from.
+    grouping: str
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``"0.7,0.15,0.15"`` -> train, val, test fractions that sum to 1."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"--ratios {text!r}: expected three numbers such as 0.7,0.15,0.15") from err
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6:
+        raise ValueError(f"--ratios {text!r}: give three non-negative fractions for train,val,test summing to 1")
+    return values  # type: ignore[return-value]
+
+
+def split_dataset(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 42,
+    group_regex: str | None = None,
+    groups_csv: str | os.PathLike | None = None,
+    move: bool = False,
+) -> SplitReport:
+    """Split a pool of grade folders into ``OUT/{train,val,test}/grade_N``, stratified and grouped.
+
+    All images of a patient land in the same split; within that constraint each split gets as
+    close as possible to its share of every grade. The result depends only on the files, the
+    groups, the ratios and the seed.
+
+    Args:
+        source: a pool (``SOURCE/<grade folder>/...``).
+        out: a new or empty folder.
+        ratios: train, val, test fractions.
+        seed: shuffles the order in which patients are placed.
+        group_regex: regular expression on the file name; its first group (or whole match) is
+            the patient id.
+        groups_csv: a CSV with ``file`` (relative to `source`, or a bare name) and ``patient_id``.
+            Without either, ``SOURCE/patients.csv`` is used when present; otherwise every image is
+            its own group, which is reported.
+        move: move instead of copy.
+
+    Raises:
+        DatasetLayoutError: the source is not a usable pool.
+        ValueError: bad ratios, an existing non-empty output, files the regex does not match.
+    """
+    start = time.perf_counter()
+    source, out = Path(source), Path(out)
+    parse_ratios(",".join(str(r) for r in ratios))
+    layout = scan(source)
+    if layout.kind != "pool":
+        raise DatasetLayoutError(
+            source,
+            [
+                Problem(
+                    "error",
+                    "already_split",
+                    ".",
+                    "already has train/val/test folders; point split at a pool of grade folders",
+                )
+            ],
+        )
+    require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
+    problems = tolerated_problems(layout)
+    placed: list[tuple[Path, str]] = []  # (source, path inside OUT)
+    with staged_folder(out, replaceable=False) as partial:
+        report = _split_into(layout, source, partial, move, placed, ratios, seed, group_regex, groups_csv, problems)
+    if move:  # OUT is complete: only now do the sources go
+        for source_file, _ in placed:
+            source_file.unlink()
+    report.out = out
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _split_into(layout, source, partial, move, placed, ratios, seed, group_regex, groups_csv, problems) -> SplitReport:
+    """Assign patients to splits and place their images in the staging folder."""
+    groups, grouping = _groups_for(layout.images, source, group_regex, groups_csv)
+    if grouping == "none":
+        problems.append(
+            Problem(
+                "warning",
+                "no_grouping",
+                ".",
+                "no patient ids (--group-regex, --groups or patients.csv): images of one patient may "
+                "end up in two splits",
+            )
+        )
+    assignment = assign_groups({group: [e.grade for e in entries] for group, entries in groups.items()}, ratios, seed)
+    counts = {split: [0] * NUM_GRADES for split in SPLITS}
+    patients: dict[str, str] = {}
+    taken: dict[tuple[object, str], str] = {}
+    for group, entries in groups.items():
+        split = assignment[group]
+        for entry in entries:
+            name = unique_name(taken, (split, entry.grade), entry.rel)
+            rel_out = f"{SPLIT_FOLDERS[split]}/{grade_folder(entry.grade)}/{name}"
+            place_file(entry.path, partial / rel_out, link=move)
+            placed.append((entry.path, rel_out))
+            counts[split][entry.grade] += 1
+            if grouping != "none":
+                patients[rel_out] = group
+    if patients:
+        write_patients(partial, patients)
+    problems += undecodable_problems(placed)
+    for grade in range(NUM_GRADES):
+        for split, ratio in zip(SPLITS, ratios, strict=True):
+            if ratio > 0 and counts[split][grade] == 0 and sum(c[grade] for c in counts.values()):
+                problems.append(
+                    Problem(
+                        "warning",
+                        "grade_missing_in_split",
+                        SPLIT_FOLDERS[split],
+                        f"gets no image of grade {grade} (too few patients with that grade)",
+                    )
+                )
+    group_counts = Counter(assignment.values())
+    return SplitReport(
+        out=partial,
+        counts=counts,
+        groups={split: group_counts.get(split, 0) for split in SPLITS},
+        grouping=grouping,
+        problems=problems,
+    )
+
+
+def _groups_for(
+    images: list[ImageEntry], source: Path, group_regex: str | None, groups_csv: str | os.PathLike | None
+) -> tuple[dict[str, list[ImageEntry]], str]:
+    groups: dict[str, list[ImageEntry]] = defaultdict(list)
+    if group_regex:
+        pattern = re.compile(group_regex)
+        unmatched = []
+        for entry in images:
+            match = pattern.search(entry.path.name)
+            if match is None:
+                unmatched.append(entry.rel)
+            else:
+                groups[match.group(1) if match.groups() else match.group(0)].append(entry)
+        if unmatched:
+            examples = ", ".join(display_path(rel) for rel in unmatched[:5])
+            raise ValueError(
+                f"--group-regex {group_regex!r} does not match {len(unmatched)} file name(s), e.g. {examples}; "
+                "fix the expression so every file yields a patient id"
+            )
+        return dict(groups), f"--group-regex '{group_regex}'"
+    if groups_csv is not None:
+        known = read_patient_ids(Path(groups_csv))
+        origin = str(groups_csv)
+    else:
+        known = read_patients(source)
+        origin = str(source / PATIENTS_FILE)
+    if known is None:
+        return {f"file:{entry.rel}": [entry] for entry in images}, "none"
+    by_name = Counter(rel.rsplit("/", 1)[-1] for rel in known)
+    missing = []
+    for entry in images:
+        patient = known.get(entry.rel)
+        if patient is None and by_name[entry.path.name] == 1:
+            patient = next(v for k, v in known.items() if k.rsplit("/", 1)[-1] == entry.path.name)
+        if patient is None:
+            missing.append(entry.rel)
+        else:
+            groups[patient].append(entry)
+    if missing:
+        examples = ", ".join(display_path(rel) for rel in missing[:5])
+        raise ValueError(f"{origin} has no patient id for {len(missing)} image(s), e.g. {examples}; add them")
+    return dict(groups), origin
+
+
+def assign_groups(groups: dict[str, list[int]], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Place each group (patient -> grades of its images) in a split, stratified by grade.
+
+    Greedy: groups are shuffled with the seed, then placed largest first, each into the split
+    whose per-grade and total counts move closest to their targets (squared error, each grade
+    weighted by its rarity so that rare grades are spread as well as common ones).
+    """
+    rng = np.random.default_rng(seed)
+    names = sorted(groups)
+    names = [names[i] for i in rng.permutation(len(names))]
+    names.sort(key=lambda name: -len(groups[name]))  # stable: the shuffle breaks ties
+    totals = np.zeros(NUM_GRADES)
+    for grades in groups.values():
+        np.add.at(totals, grades, 1)
+    ratio = np.asarray(ratios, dtype=np.float64)
+    target = ratio[:, None] * totals[None, :]  # split x grade
+    weight = 1.0 / np.maximum(totals, 1.0)
+    current = np.zeros_like(target)
+    assignment = {}
+    n_total = max(totals.sum(), 1.0)
+    for name in names:
+        add = np.bincount(groups[name], minlength=NUM_GRADES).astype(np.float64)
+        best, best_cost = None, None
+        for s in range(len(SPLITS)):
+            if ratio[s] == 0:
+                continue
+            grade_cost = (((current[s] + add - target[s]) ** 2 - (current[s] - target[s]) ** 2) * weight).sum()
+            size_now, size_target = current[s].sum(), ratio[s] * n_total
+            size_cost = ((size_now + add.sum() - size_target) ** 2 - (size_now - size_target) ** 2) / n_total
+            cost = grade_cost + size_cost
+            if best_cost is None or cost < best_cost - 1e-12:
+                best, best_cost = s, cost
+        current[best] += add
+        assignment[name] = SPLITS[best]
+    return assignment
