@@ -64,8 +64,8 @@ def calibrate_model(model: str | os.PathLike, data: str | os.PathLike, out: str 
         "nll_before": nll(logits, labels),
         "nll_after": nll(logits, labels, temperature),
     }
-    with staged_folder(out, overwrite) as partial:
-        shutil.copytree(predictor.folder.path, partial, dirs_exist_ok=True)
-        ModelFolder.read(partial).scale_classifier(temperature)
-        (partial / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    with staged_folder(out, overwrite) as staging:
+        shutil.copytree(predictor.folder.path, staging, dirs_exist_ok=True)
+        ModelFolder.read(staging).scale_classifier(temperature)
+        (staging / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -114,9 +114,9 @@ def convert_to_dataset(
     require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
     report = ConvertReport(out, counts={})
     report.problems = tolerated_problems(layout)
-    with staged_folder(out, overwrite) as partial:  # the dataset appears under its name only once complete
+    with staged_folder(out, overwrite) as staging:  # the dataset appears under its name only once complete
         # Re-encoded images wait inside the staged folder until their bytes are in the Arrow files.
-        reencoded = partial / ".reencoded"
+        reencoded = staging / ".reencoded"
         reencoded.mkdir()
         staged = _stage_all(layout.images, reencoded, workers)
         failures = [s for s in staged if isinstance(s, Problem)]
@@ -138,7 +138,7 @@ def convert_to_dataset(
                 report.counts[split] = np.bincount([row[2] for row in split_rows], minlength=NUM_GRADES).tolist()
         for how in ("kept", "reencoded", "dicom"):
             setattr(report, how, sum(r.how == how for r in rows))
-        write_dataset_dict(partial, splits, dataset_features(), f"spine-hf-convert-{os.getpid()}-{time.time_ns()}")
+        write_dataset_dict(staging, splits, dataset_features(), f"spine-hf-convert-{os.getpid()}-{time.time_ns()}")
         shutil.rmtree(reencoded)
     if push_to_hub:
         import datasets

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import tempfile
 import threading
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image
 
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.imaging import ImageDecodeError
+from spine_hf.outputs import publish_file
 
 DEFAULT_MODEL = "outputs/quickstart/run/best"
 NOTICE = (
@@ -96,10 +96,7 @@ def _shown_file(image: Image.Image) -> str:
             _shown_dir = Path(tempfile.mkdtemp(prefix="spine-hf-shown-"))
     path = _shown_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
     if not path.exists():
-        handle, partial = tempfile.mkstemp(dir=_shown_dir, suffix=".partial")
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(partial, path)
+        publish_file(path, data)
     return str(path)
 
 

@@ -118,16 +118,16 @@ def evaluate_model(
         "ece": ece,
         "confusion_matrix": point["confusion_matrix"],
     }
-    with staged_folder(out, overwrite) as partial:
-        (partial / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        with (partial / "predictions.csv").open("w", newline="") as handle:
+    with staged_folder(out, overwrite) as staging:
+        (staging / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        with (staging / "predictions.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file", "true_grade", "predicted_grade", *(f"p_{name}" for name in GRADE_NAMES)])
             for file, ref, pred, probs in zip(files, references, predictions, probabilities, strict=True):
                 writer.writerow([file, int(ref), int(pred), *(f"{p:.6f}" for p in probs)])
         matrix = np.asarray(point["confusion_matrix"])
-        plot_confusion(matrix, partial / "confusion_matrix.png", f"{split}: {len(references)} images")
-        plot_reliability(bins, ece, partial / "reliability.png")
+        plot_confusion(matrix, staging / "confusion_matrix.png", f"{split}: {len(references)} images")
+        plot_reliability(bins, ece, staging / "reliability.png")
     return result
 
 

@@ -264,7 +264,7 @@ def _scan_splits(layout: Layout, entries: list[os.DirEntry]) -> None:
             _scan_grade_level(layout, _list_dir(Path(entry.path)), split=split, rel_prefix=f"{entry.name}/")
         else:
             _check_loose_file(layout, entry, "")
-    for split in ("train", "validation", "test"):
+    for split in SPLITS:
         if split not in seen:
             layout.add("warning", "missing_split", SPLIT_FOLDERS[split], f"there is no {split} split")
 

@@ -26,6 +26,8 @@ from sklearn.metrics import (
     recall_score,
 )
 
+# The number of grades (grades.NUM_GRADES; tests check they agree). evaluate.load copies this file and
+# imports it on its own, so it imports nothing from spine_hf.
 NUM_CLASSES = 5
 
 _DESCRIPTION = "Metrics for ordinal severity grades: accuracy, balanced accuracy, macro-F1, QWK, MAE, confusion."

@@ -125,18 +125,18 @@ def save_for_hub(
     from spine_hf.model_card import model_card
 
     library = resolve_library(cfg.model)
-    with staged_folder(out_dir, overwrite=True) as partial:
+    with staged_folder(out_dir, overwrite=True) as staging:
         if state_dict is None:
             state_dict = model.state_dict()
         if library == "transformers":
             state_dict = {key.removeprefix(HF_PREFIX): value for key, value in state_dict.items()}
-            _save_transformers(model.hf_model, preprocessing, partial, state_dict)
+            _save_transformers(model.hf_model, preprocessing, staging, state_dict)
         else:
-            _save_timm(model, partial, state_dict)
-        (partial / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
-        (partial / "README.md").write_text(model_card(cfg, metrics, library), encoding="utf-8")
+            _save_timm(model, staging, state_dict)
+        (staging / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
+        (staging / "README.md").write_text(model_card(cfg, metrics, library), encoding="utf-8")
         if metrics is not None:
-            (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return Path(out_dir)
 
 

@@ -63,8 +63,8 @@ def organize(
     pool = _index_files(images)
     rows = read_label_rows(labels)
     placed: list[tuple[Path, str]] = []  # (source, path inside OUT)
-    with staged_folder(out, replaceable=False) as partial:
-        _organize_rows(images, labels, rows, pool, partial, move, placed, report)
+    with staged_folder(out, replaceable=False) as staging:
+        _organize_rows(images, labels, rows, pool, staging, move, placed, report)
     if move:  # OUT is complete: only now do the sources go
         for source, _ in placed:
             source.unlink()
@@ -72,7 +72,7 @@ def organize(
     return report
 
 
-def _organize_rows(images: Path, labels: Path, rows: list, pool: dict[str, Path], partial: Path, move: bool,
+def _organize_rows(images: Path, labels: Path, rows: list, pool: dict[str, Path], staging: Path, move: bool,
                    placed: list[tuple[Path, str]], report: OrganizeReport) -> None:  # fmt: skip
     report.rows = len(rows)
     tag = labels.name
@@ -127,7 +127,7 @@ def _organize_rows(images: Path, labels: Path, rows: list, pool: dict[str, Path]
             continue
         chosen[rel] = (line, grade)
         target = f"{grade_folder(grade)}/{unique_name(placed_names, grade, rel)}"
-        place_file(source, partial / target, link=move)
+        place_file(source, staging / target, link=move)
         placed.append((source, target))
         report.placed[grade] += 1
         if patient:
@@ -141,7 +141,7 @@ def _organize_rows(images: Path, labels: Path, rows: list, pool: dict[str, Path]
         )
     report.problems += undecodable_problems(placed)
     if patients:
-        write_patients(partial, patients)
+        write_patients(staging, patients)
 
 
 def _index_files(root: Path) -> dict[str, Path]:

@@ -1,4 +1,5 @@
-"""Publishing a folder: it appears under its name only once complete, and never replaces a user's folder unasked.
+"""Publishing a folder (or a file): it appears under its name only once complete, and never replaces a user's
+folder unasked.
 
 Every command that writes a folder (organize, split, convert, evaluate, calibrate, a model folder)
 fills a hidden ``.NAME.partial-PID`` beside it inside `staged_folder` and renames it into place when
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +61,18 @@ def staged_folder(out: str | os.PathLike, overwrite: bool = False, *, replaceabl
         replace_folder(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def publish_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that no reader ever sees a part of it: a hidden file beside it, then a rename."""
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{PARTIAL}")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
 
 
 def place_file(source: Path, destination: Path, link: bool) -> None:

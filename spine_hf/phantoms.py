@@ -67,9 +67,9 @@ def make_phantoms(
     patients: dict[str, str] = {}
     counts, sixteen = [0] * NUM_GRADES, 0
     patient_number = 0
-    with staged_folder(out) as partial:  # refuses a non-empty OUT; appears only when complete
+    with staged_folder(out) as staging:  # refuses a non-empty OUT; appears only when complete
         for grade in range(NUM_GRADES):
-            folder = partial / grade_folder(grade)
+            folder = staging / grade_folder(grade)
             folder.mkdir(parents=True, exist_ok=True)
             while counts[grade] < per_grade:
                 patient_number += 1
@@ -84,7 +84,7 @@ def make_phantoms(
                     sixteen += deep
                     patients[f"{grade_folder(grade)}/{name}"] = f"ph{patient_number:05d}"
                     counts[grade] += 1
-        write_patients(partial, patients)
+        write_patients(staging, patients)
     return PhantomReport(out, counts, patient_number, sixteen, time.perf_counter() - start)
 
 

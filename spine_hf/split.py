@@ -116,19 +116,6 @@ def split_dataset(
         )
     require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
     problems = tolerated_problems(layout)
-    placed: list[tuple[Path, str]] = []  # (source, path inside OUT)
-    with staged_folder(out, replaceable=False) as partial:
-        report = _split_into(layout, source, partial, move, placed, ratios, seed, group_regex, groups_csv, problems)
-    if move:  # OUT is complete: only now do the sources go
-        for source_file, _ in placed:
-            source_file.unlink()
-    report.out = out
-    report.seconds = time.perf_counter() - start
-    return report
-
-
-def _split_into(layout, source, partial, move, placed, ratios, seed, group_regex, groups_csv, problems) -> SplitReport:
-    """Assign patients to splits and place their images in the staging folder."""
     groups, grouping = _groups_for(layout.images, source, group_regex, groups_csv)
     if grouping == "none":
         problems.append(
@@ -141,41 +128,56 @@ def _split_into(layout, source, partial, move, placed, ratios, seed, group_regex
             )
         )
     assignment = assign_groups({group: [e.grade for e in entries] for group, entries in groups.items()}, ratios, seed)
+    plan = _placements(groups, assignment)
+    with staged_folder(out, replaceable=False) as staging:
+        for entry, rel_out, _ in plan:
+            place_file(entry.path, staging / rel_out, link=move)
+        if grouping != "none":
+            write_patients(staging, {rel_out: group for _, rel_out, group in plan})
+        problems += undecodable_problems([(entry.path, rel_out) for entry, rel_out, _ in plan])
+    if move:  # OUT is complete: only now do the sources go
+        for entry, _, _ in plan:
+            entry.path.unlink()
     counts = {split: [0] * NUM_GRADES for split in SPLITS}
-    patients: dict[str, str] = {}
-    taken: dict[tuple[object, str], str] = {}
     for group, entries in groups.items():
-        split = assignment[group]
         for entry in entries:
-            name = unique_name(taken, (split, entry.grade), entry.rel)
-            rel_out = f"{SPLIT_FOLDERS[split]}/{grade_folder(entry.grade)}/{name}"
-            place_file(entry.path, partial / rel_out, link=move)
-            placed.append((entry.path, rel_out))
-            counts[split][entry.grade] += 1
-            if grouping != "none":
-                patients[rel_out] = group
-    if patients:
-        write_patients(partial, patients)
-    problems += undecodable_problems(placed)
-    for grade in range(NUM_GRADES):
-        for split, ratio in zip(SPLITS, ratios, strict=True):
-            if ratio > 0 and counts[split][grade] == 0 and sum(c[grade] for c in counts.values()):
-                problems.append(
-                    Problem(
-                        "warning",
-                        "grade_missing_in_split",
-                        SPLIT_FOLDERS[split],
-                        f"gets no image of grade {grade} (too few patients with that grade)",
-                    )
-                )
+            counts[assignment[group]][entry.grade] += 1
+    problems += _missing_grades(counts, ratios)
     group_counts = Counter(assignment.values())
     return SplitReport(
-        out=partial,
+        out=out,
         counts=counts,
         groups={split: group_counts.get(split, 0) for split in SPLITS},
         grouping=grouping,
         problems=problems,
+        seconds=time.perf_counter() - start,
     )
+
+
+def _placements(groups: dict[str, list[ImageEntry]], assignment: dict[str, str]) -> list[tuple[ImageEntry, str, str]]:
+    """(image, its path inside OUT, its patient) for every image, patients in the order they were found."""
+    plan, taken = [], {}
+    for group, entries in groups.items():
+        split = assignment[group]
+        for entry in entries:
+            name = unique_name(taken, (split, entry.grade), entry.rel)
+            plan.append((entry, f"{SPLIT_FOLDERS[split]}/{grade_folder(entry.grade)}/{name}", group))
+    return plan
+
+
+def _missing_grades(counts: dict[str, list[int]], ratios: tuple[float, float, float]) -> list[Problem]:
+    """A warning for each split that should get images of a grade but gets none."""
+    return [
+        Problem(
+            "warning",
+            "grade_missing_in_split",
+            SPLIT_FOLDERS[split],
+            f"gets no image of grade {grade} (too few patients with that grade)",
+        )
+        for grade in range(NUM_GRADES)
+        for split, ratio in zip(SPLITS, ratios, strict=True)
+        if ratio > 0 and counts[split][grade] == 0 and sum(c[grade] for c in counts.values())
+    ]
 
 
 def _groups_for(

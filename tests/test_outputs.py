@@ -71,3 +71,13 @@ def test_place_file_copies_or_links_and_never_overwrites(tmp_path):
     assert os.stat(tmp_path / "link" / "a.png").st_ino == os.stat(source).st_ino
     with pytest.raises(RuntimeError, match="written twice"):
         place_file(source, tmp_path / "copy" / "a.png", link=False)
+
+
+def test_publish_file_replaces_a_file_whole_and_leaves_nothing_beside_it(tmp_path):
+    from spine_hf.outputs import publish_file
+
+    path = tmp_path / "shown.png"
+    publish_file(path, b"first")
+    publish_file(path, b"second, longer")
+    assert path.read_bytes() == b"second, longer"
+    assert [p.name for p in tmp_path.iterdir()] == ["shown.png"]
