@@ -1,6 +1,6 @@
 """The usual recipe, for the benchmarks: transformers' `run_image_classification_no_trainer.py`.
 
-This is the baseline that `spine-hf bench quality` and `bench train` compare against, written out
+This is the baseline that `python -m bench quality` and `bench train` compare against, written out
 so anyone can check that it is that example script's recipe and not a strawman:
 
 * data: ``load_dataset("imagefolder", data_files={"train": DIR/**, "validation": DIR/**})``; labels
