@@ -37,3 +37,10 @@ def test_perfect_and_missing_grades():
     assert len(partial["confusion_matrix"]) == 5 and partial["per_grade_recall"][4] == 0.0
     with pytest.raises(ValueError, match="no predictions"):
         compute_grading_metrics([], [])
+
+
+def test_the_standalone_module_counts_the_projects_grades():
+    from spine_hf.grades import NUM_GRADES
+    from spine_hf.metrics import NUM_CLASSES
+
+    assert NUM_CLASSES == NUM_GRADES

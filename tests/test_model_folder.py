@@ -170,3 +170,18 @@ def test_a_failed_save_leaves_the_previous_best_folder_intact(saved, monkeypatch
         save_for_hub(model, Config(model=_model_cfg(kind)), preprocessing, folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no partial folder left
+
+
+def test_the_folder_says_what_it_holds(saved):
+    from safetensors.torch import load_file
+
+    from spine_hf.model_folder import ModelFolder, open_model_folder
+
+    kind, model, preprocessing, folder = saved
+    read = ModelFolder.read(folder)
+    assert read == open_model_folder(str(folder))
+    assert read.library == kind and read.preprocessing == preprocessing
+    weights = load_file(str(folder / "model.safetensors"))
+    assert weights[f"{read.classifier}.weight"].shape[0] == 5  # the five-grade head, by the name the folder gives
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        open_model_folder(folder / "missing")
