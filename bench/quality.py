@@ -20,6 +20,7 @@ from bench.speed import forever, fresh_accelerator_state, images_per_second, pro
 
 def bench_quality(args, report: Report, work: Path, tree: Path) -> None:
     from bench.baseline import run_baseline
+    from spine_hf.checkpoints import METRICS_FILE
     from spine_hf.metrics import compute_grading_metrics
     from spine_hf.model import build_model
     from spine_hf.train import fit, prepare
@@ -59,7 +60,7 @@ def bench_quality(args, report: Report, work: Path, tree: Path) -> None:
     prepared = prepare(cfg)
     setup = time.monotonic() - setup_start
     fit(prepared)
-    history = json.loads((run / "metrics.json").read_text())
+    history = json.loads((run / METRICS_FILE).read_text())
     elapsed, project_curve = setup, []
     for record in history:
         elapsed += record["train_seconds"]
