@@ -11,6 +11,7 @@ the next run removes such leftovers. An existing non-empty folder is replaced on
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -101,7 +102,7 @@ def replace_folder(new: Path, target: Path) -> None:
 
 def _remove_leftovers(out: Path) -> None:
     """Hidden folders of interrupted runs for `out` whose process is gone (they only ever hold copies)."""
-    for leftover in out.parent.glob(f".{out.name}.{PARTIAL}-*"):
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.{PARTIAL}-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
