@@ -112,7 +112,7 @@ def baseline_probe(args, cfg, tree: Path) -> float:
 
 def project_probe(args, dataset_dir: Path, work: Path) -> float:
     step, _, loader, _ = project_training(args, dataset_dir, work / "probe", 10)
-    return images_per_second(step, forever(loader), 6)
+    return images_per_second(step, step.batches(loader), 6)
 
 
 # ------------------------------------------------------------------------------------------- run

@@ -32,6 +32,7 @@ class ProjectStep:
         from spine_hf.losses import build_loss
         from spine_hf.model import build_model
         from spine_hf.train import make_optimizer, mixed_precision, training_step
+        from spine_hf.transforms import BatchAugment
 
         self.cfg = cfg
         fresh_accelerator_state()
@@ -43,7 +44,14 @@ class ProjectStep:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.loss_fn = build_loss(cfg.optim, [1] * 5)
+        self.augment = BatchAugment(cfg.data, self.preprocessing)  # on the device, as in training
         self._step = training_step
+
+    def batches(self, loader):
+        """The training loop's input, endlessly: the loader's uint8 batches moved to the device and augmented there."""
+        device = self.accelerator.device
+        for images, labels in forever(loader):
+            yield self.augment(images.to(device, non_blocking=True)), labels
 
     def __call__(self, pixels: torch.Tensor, labels: torch.Tensor) -> None:
         device = self.accelerator.device
@@ -118,8 +126,8 @@ def bench_train(args, report: Report, work: Path, tree: Path) -> None:
     step, images, loader, fill_seconds = project_training(
         args, ensure_dataset(tree, work), work / "train-run", args.steps + 4
     )
-    fixed = next(iter(loader))  # model-only: one real batch, already in memory, fed again and again
-    data_ips, model_ips = paired_images_per_second(step, forever(loader), fixed, args.steps)
+    fixed = next(step.batches(loader))  # model-only: one real batch, already augmented, fed again and again
+    data_ips, model_ips = paired_images_per_second(step, step.batches(loader), fixed, args.steps)
     report.number("train.project_data_path_images_per_s", data_ips)
     report.number("train.model_only_images_per_s", model_ips)
     report.number("train.decode_cache_fill_seconds", fill_seconds)

@@ -43,8 +43,9 @@ class DataConfig:
     intensity: float = 0.2
     # "none", or "balanced" to draw every grade equally often.
     sampler: str = "none"
-    # Keep decoded, resized images in memory when they need less than this many GB per process.
-    cache_gb: float = 4.0
+    # Folder for the decoded cache (each split's images decoded once, as squares every process maps);
+    # "" = squares/ inside data.dataset. Set it when the dataset folder is read-only.
+    cache_dir: str = ""
     # DataLoader worker processes per training process (0 = load in the training process).
     num_workers: int = 0
     # Use only the first N images of each split (0 = all); for smoke tests.

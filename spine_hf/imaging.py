@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 
 CANONICAL_MODE = "L"
+# Raise when a change to this module changes any decoded pixel: decoded caches of the old one are rebuilt.
+DECODER_VERSION = 1
 # 8192 x 8192: four times the largest plain radiograph (43 cm at 100 um), far below a bomb.
 DEFAULT_MAX_PIXELS = 1 << 26
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})

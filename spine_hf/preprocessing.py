@@ -15,6 +15,12 @@ import torch
 from PIL import Image
 
 
+def square(image: Image.Image, side: int) -> np.ndarray:
+    """A canonical image squashed to ``side x side`` as uint8: the one resize of training, evaluation and
+    inference (training squares are a little larger than the model input, for random crops)."""
+    return np.array(image.resize((side, side), Image.Resampling.BILINEAR))  # a writable copy
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What the model expects: a square of `size` pixels, normalised with `mean`/`std` per channel."""
@@ -24,10 +30,8 @@ class Preprocessing:
     std: tuple[float, float, float]
 
     def square(self, image: Image.Image, side: int | None = None) -> np.ndarray:
-        """A canonical image squashed to ``side x side`` (default `size`) as uint8: the one resize of
-        training, evaluation and inference (training squares are a little larger, for random crops)."""
-        side = side or self.size
-        return np.array(image.resize((side, side), Image.Resampling.BILINEAR))  # a writable copy
+        """`square` at `side` pixels, by default the model's `size`."""
+        return square(image, side or self.size)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """Model input (B x 3 x S x S float) from gray squares (B x 1 x S x S: uint8, or floats in 0..1)."""

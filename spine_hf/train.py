@@ -47,7 +47,7 @@ from spine_hf.metrics import load_grading_metric
 from spine_hf.model import build_model, resolve_precision
 from spine_hf.model_folder import load_weights, save_for_hub
 from spine_hf.preprocessing import Preprocessing
-from spine_hf.transforms import GradeImages, grade_counts, make_loader
+from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader
 
 
 @dataclass
@@ -67,6 +67,8 @@ class Run:
     metric: object
     train_loader: torch.utils.data.DataLoader
     eval_loader: torch.utils.data.DataLoader
+    # Applied to each training batch on the device, after the loader shipped it there as uint8.
+    augment: BatchAugment
     dataset: object
     preprocessing: Preprocessing
     state: TrainState
@@ -85,7 +87,7 @@ def fit(run: Run) -> dict:
         epoch_start = time.monotonic()
         loss, out_of_time = _train_epoch(run, epoch, started)
         train_seconds = time.monotonic() - epoch_start
-        metrics = _evaluate(run.scored, run.eval_loader, accelerator, run.metric, cfg)
+        metrics = _evaluate(run.scored, run.eval_loader, accelerator, run.metric, run.preprocessing, cfg)
         predictions = metrics.pop("predictions")
         record = {
             "epoch": epoch + 1,
@@ -124,7 +126,8 @@ def prepare(cfg: Config) -> Run:
         mixed_precision=mixed_precision(cfg.train.mixed_precision),
         log_with="tensorboard" if cfg.train.tensorboard else None,
         project_dir=str(out / LOGS_DIR),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # uint8 batches from pinned memory (on CUDA) travel while the previous step computes.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
     )
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -143,8 +146,9 @@ def prepare(cfg: Config) -> Run:
         if split and split not in dataset:
             raise ConfigError(f"{cfg.data.dataset} has no split {split!r} (it has {sorted(dataset)})")
     model, preprocessing = build_model(cfg.model)
-    train_set = GradeImages(dataset[cfg.data.train_split], preprocessing, cfg.data, train=True)
-    eval_set = GradeImages(dataset[cfg.data.eval_split], preprocessing, cfg.data, train=False)
+    with accelerator.local_main_process_first():  # one process per machine decodes; the others map its cache
+        train_set = GradeImages(dataset[cfg.data.train_split], preprocessing, cfg.data, train=True)
+        eval_set = GradeImages(dataset[cfg.data.eval_split], preprocessing, cfg.data, train=False)
     train_loader = make_loader(train_set, cfg.train.batch_size, cfg.data, shuffle=True, seed=cfg.train.seed)
     eval_loader = make_loader(eval_set, cfg.train.eval_batch_size, cfg.data, shuffle=False, seed=cfg.train.seed)
     if cfg.model.channels_last:
@@ -173,8 +177,9 @@ def prepare(cfg: Config) -> Run:
     if cfg.train.tensorboard:
         accelerator.init_trackers("spine_hf")
     scored = ema.module if ema is not None else model
+    augment = BatchAugment(cfg.data, preprocessing)
     return Run(cfg, out, accelerator, model, scored, ema, optimizer, scheduler, loss_fn, metric, train_loader,
-               eval_loader, dataset, preprocessing, state)  # fmt: skip
+               eval_loader, augment, dataset, preprocessing, state)  # fmt: skip
 
 
 def _train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
@@ -188,7 +193,8 @@ def _train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
         batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
     losses, out_of_time = [], False
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not accelerator.is_main_process)
-    for pixels, labels in bar:
+    for images, labels in bar:
+        pixels = run.augment(images)
         loss = training_step(accelerator, run.model, run.loss_fn, run.optimizer, run.scheduler, pixels, labels, cfg)
         state.batches_in_epoch += 1
         losses.append(loss.item())
@@ -241,9 +247,10 @@ def _finish(run: Run) -> dict:
     if cfg.data.test_split:
         best = accelerator.unwrap_model(run.scored)
         load_weights(best, run.out / BEST_DIR)
-        test_set = GradeImages(run.dataset[cfg.data.test_split], run.preprocessing, cfg.data, train=False)
+        with accelerator.local_main_process_first():
+            test_set = GradeImages(run.dataset[cfg.data.test_split], run.preprocessing, cfg.data, train=False)
         test_loader = accelerator.prepare(make_loader(test_set, cfg.train.eval_batch_size, cfg.data, False, 0))
-        result[cfg.data.test_split] = _evaluate(best, test_loader, accelerator, run.metric, cfg)
+        result[cfg.data.test_split] = _evaluate(best, test_loader, accelerator, run.metric, run.preprocessing, cfg)
         result[cfg.data.test_split].pop("predictions")
     if accelerator.is_main_process:
         (run.out / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
@@ -309,10 +316,11 @@ def _load_metric(accelerator: Accelerator):
 
 
 @torch.inference_mode()
-def _evaluate(model, loader, accelerator: Accelerator, metric, cfg: Config) -> dict:
+def _evaluate(model, loader, accelerator: Accelerator, metric, preprocessing: Preprocessing, cfg: Config) -> dict:
     model.eval()
     predictions, references = [], []
-    for pixels, labels in loader:
+    for images, labels in loader:
+        pixels = preprocessing.normalise(images)
         if cfg.model.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         logits = model(pixels)

@@ -1,24 +1,23 @@
 """Dataset rows -> model-ready tensors, fast enough that the model sets the pace.
 
-Each image is decoded once with the project's decoder and resized with PIL (bilinear) to a square:
-to ``image_size`` for evaluation (exactly what `pipeline()` does with the saved model) and a little
-larger for training, where random crops cut it down. The squares are kept as one uint8 tensor in
-memory when they fit `data.cache_gb`; otherwise each image is decoded when it is needed.
+Each image is decoded once per split and side, with the project's decoder, into the decoded cache
+(`square_cache`): uint8 squares of ``image_size`` for evaluation (exactly what `pipeline()` does
+with the saved model) and a little larger for training, where random crops cut them down. Every
+process maps that one file, so the loader only copies squares out of it and ships uint8 batches
+(a quarter of the bytes of float32; pinned on CUDA) to the device.
 
 Augmentation is what a radiograph allows: a random crop of most of the image, a small rotation,
 brightness and contrast (intensity only: there is no colour to jitter), and a horizontal flip that
-can be turned off where laterality matters. It is done for a whole batch at once (`BatchAugment`,
-the loader's collate function): each image gets its own random crop, rotation and flip, but all of
-them are one affine sampling grid + `grid_sample` over the batch, so the data path costs a few percent
-of a training step even on a small CPU (per-image torchvision transforms cost about a tenth).
+can be turned off where laterality matters. It runs on the training device, after the transfer
+(`BatchAugment`): each image gets its own random crop, rotation and flip, but all of them are one
+affine sampling grid + `grid_sample` over the batch, so even on a small CPU it costs a few percent
+of a training step (per-image torchvision transforms cost about a tenth), and on a GPU next to nothing.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -26,84 +25,61 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from spine_hf.config import DataConfig
-from spine_hf.dataset_folder import row_failure, undecodable_rows
 from spine_hf.grades import NUM_GRADES
-from spine_hf.imaging import ImageDecodeError, decode_image
 from spine_hf.preprocessing import Preprocessing
+from spine_hf.square_cache import default_cache_folder, open_squares
 
 # Training squares are this much larger than the model input, so that crops have room.
 TRAIN_MARGIN = 1.15
 
 
 class GradeImages(Dataset):
-    """(pixel tensor 3 x S x S, grade) pairs from one split of a converted dataset."""
+    """(uint8 square 1 x S x S, grade) pairs from one split of a converted dataset, read from the decoded cache.
+
+    Building one decodes the split into the cache unless a valid cache is there already; in several
+    processes, build it in one first (`accelerator.local_main_process_first()`) and the others map it.
+    """
 
     def __init__(self, split, preprocessing: Preprocessing, cfg: DataConfig, train: bool):
-        from datasets import Image as ImageFeature
-
         if cfg.max_samples:
             split = split.select(range(min(cfg.max_samples, len(split))))
         self.labels = [int(v) for v in split["label"]]
-        self.rows = split.cast_column("image", ImageFeature(decode=False))
         self.train = train
         self.preprocessing = preprocessing
         self.side = round(preprocessing.size * TRAIN_MARGIN) if train else preprocessing.size
-        self.cache = self._fill_cache() if len(self) * self.side**2 <= cfg.cache_gb * 1e9 else None
-        # Training rows stay uint8 squares; the loader's collate function augments and normalises the batch.
-        self.batch_augment = BatchAugment(cfg, preprocessing) if train else None
+        cache = open_squares(split, self.side, cfg.cache_dir or default_cache_folder(split))
+        self.cache_path, self._squares = cache.path, cache.squares
+        # Images this object decoded (0 when it mapped an existing cache), and how long that took.
+        self.decoded, self.decode_seconds = cache.decoded, cache.seconds
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _square(self, index: int) -> np.ndarray:
-        """The row's image squashed to the square; raises `undecodable_rows` for a row that cannot be decoded."""
-        failure = self._square_or_failure(index)
-        if isinstance(failure, str):
-            raise undecodable_rows([failure])
-        return failure
-
-    def _square_or_failure(self, index: int) -> np.ndarray | str:
-        """The square, or how the row is listed when it cannot be decoded."""
-        cell = self.rows[index]["image"]
-        try:
-            image = decode_image(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
-            return self.preprocessing.square(image, self.side)
-        except ImageDecodeError as err:
-            return row_failure(index, cell.get("path"), err)
-
-    def _fill_cache(self) -> torch.Tensor:
-        cache = torch.empty((len(self), 1, self.side, self.side), dtype=torch.uint8)
-
-        def fill(index: int) -> str | None:
-            square = self._square_or_failure(index)
-            if isinstance(square, str):
-                return square
-            cache[index, 0] = torch.from_numpy(square)
-            return None
-
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            failures = [message for message in pool.map(fill, range(len(self))) if message]
-        if failures:  # all of them at once, not one per attempt
-            raise undecodable_rows(failures)
-        return cache
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        """Training: the uint8 square (1 x S x S); evaluation: the normalised model input (3 x S x S)."""
-        image = self.cache[index] if self.cache is not None else torch.from_numpy(self._square(index))[None]
-        if self.train:
-            return image, self.labels[index]
-        return self.preprocessing.normalise(image[None])[0], self.labels[index]
+        if self._squares is None:  # in a DataLoader worker that was handed a pickled copy
+            self._squares = np.load(self.cache_path, mmap_mode="r")
+        return torch.from_numpy(np.array(self._squares[index]))[None], self.labels[index]
+
+    def __getstate__(self) -> dict:
+        # Worker processes map the file themselves; a pickled memory map would copy the whole cache.
+        return {**self.__dict__, "_squares": None}
+
+
+def collate_squares(rows: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of uint8 squares (B x 1 x S x S) and their grades: what the loader ships to the device."""
+    return torch.stack([image for image, _ in rows]), torch.tensor([label for _, label in rows], dtype=torch.long)
 
 
 class BatchAugment:
-    """Collate uint8 squares into an augmented, normalised batch (B x 3 x size x size).
+    """Augment and normalise a batch of uint8 squares where it lies (B x 1 x S x S -> B x 3 x size x size).
 
     Per image: a crop of `min_scale`..1 of the area with aspect 0.8..1.25 (as RandomResizedCrop), a
     rotation of up to `rotate` degrees, a horizontal flip (when `hflip`), then brightness and contrast
     factors in 1 +- `intensity` (as ColorJitter). The crop, rotation and flip of every image are one
     affine map, applied to the whole batch by a single bilinear `grid_sample` (zeros outside the
-    image, like a rotated radiograph's corners). Random numbers come from torch's global generator,
-    whose state accelerate checkpoints, so a resumed run draws the same augmentations.
+    image, like a rotated radiograph's corners). The random numbers are drawn on the CPU from torch's
+    global generator, whose state accelerate checkpoints, so a resumed run draws the same augmentations
+    on any device; only the sampling runs on the batch's device.
     """
 
     def __init__(self, cfg: DataConfig, preprocessing: Preprocessing):
@@ -111,10 +87,10 @@ class BatchAugment:
         self.preprocessing = preprocessing
         self.size = preprocessing.size
 
-    def __call__(self, rows: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([image for image, _ in rows]).float().div_(255)  # B x 1 x S x S
-        labels = torch.tensor([label for _, label in rows], dtype=torch.long)
-        count, cfg = len(rows), self.cfg
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        device = images.device
+        images = images.float().div_(255)  # B x 1 x S x S
+        count, cfg = len(images), self.cfg
         width, height = self._crop_sizes(count)
         # Centre anywhere that keeps the crop inside the square (normalised coordinates, -1..1).
         centre_x = (1 - width) * torch.empty(count).uniform_(-1, 1)
@@ -131,20 +107,21 @@ class BatchAugment:
             ],
             dim=1,
         )
-        out = F.grid_sample(images, self._grid(theta), mode="bilinear", padding_mode="zeros", align_corners=False)
+        grid = self._grid(theta.to(device))
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if cfg.intensity:
             low, high = 1 - cfg.intensity, 1 + cfg.intensity
-            brightness = torch.empty(count, 1, 1, 1).uniform_(low, high)
-            contrast = torch.empty(count, 1, 1, 1).uniform_(low, high)
+            brightness = torch.empty(count, 1, 1, 1).uniform_(low, high).to(device)
+            contrast = torch.empty(count, 1, 1, 1).uniform_(low, high).to(device)
             out = (out * brightness).clamp_(0, 1)
             grey = out.mean(dim=(1, 2, 3), keepdim=True)
             out = ((out - grey) * contrast + grey).clamp_(0, 1)
-        return self.preprocessing.normalise(out), labels
+        return self.preprocessing.normalise(out)
 
     def _grid(self, theta: torch.Tensor) -> torch.Tensor:
         """`F.affine_grid(theta, [B, 1, S, S], align_corners=False)` as two broadcast multiply-adds:
         the same sampling points, 3.8 ms instead of 16.5 ms for 32 squares of 224 px on this CPU."""
-        line = (torch.arange(self.size, dtype=torch.float32) * 2 + 1) / self.size - 1  # pixel centres
+        line = (torch.arange(self.size, dtype=torch.float32, device=theta.device) * 2 + 1) / self.size - 1  # centres
         xs, ys, t = line.view(1, 1, -1), line.view(1, -1, 1), theta.view(-1, 2, 3, 1, 1)
         x = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]
         y = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
@@ -173,7 +150,8 @@ def grade_counts(labels: Sequence[int]) -> list[int]:
 
 
 def make_loader(dataset: GradeImages, batch_size: int, cfg: DataConfig, shuffle: bool, seed: int) -> DataLoader:
-    """A DataLoader; with data.sampler=balanced every grade is drawn equally often."""
+    """A DataLoader of uint8 batches (`collate_squares`); with data.sampler=balanced every grade is drawn
+    equally often. Augmentation (`BatchAugment`) and normalisation happen after it, on the device."""
     sampler = None
     if shuffle and cfg.sampler == "balanced":
         counts = np.maximum(grade_counts(dataset.labels), 1)
@@ -186,7 +164,7 @@ def make_loader(dataset: GradeImages, batch_size: int, cfg: DataConfig, shuffle:
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
-        collate_fn=dataset.batch_augment,
+        collate_fn=collate_squares,
         num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
         pin_memory=torch.cuda.is_available(),

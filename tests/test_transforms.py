@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from spine_hf.config import DataConfig
 from spine_hf.preprocessing import Preprocessing
-from spine_hf.transforms import BatchAugment
+from spine_hf.transforms import BatchAugment, collate_squares
 
 PREP = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -19,6 +19,13 @@ def _rows(count: int = 8, side: int = 37) -> list[tuple[torch.Tensor, int]]:
     ]
 
 
+def _apply(augment: BatchAugment, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the training loop does: the loader's uint8 batch, then the augmentation where it lies."""
+    images, labels = collate_squares(rows)
+    assert images.dtype == torch.uint8 and images.shape[1] == 1
+    return augment(images), labels
+
+
 def _plain(rows) -> torch.Tensor:
     images = torch.stack([image for image, _ in rows]).float() / 255
     resized = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
@@ -28,7 +35,7 @@ def _plain(rows) -> torch.Tensor:
 def test_without_randomness_it_is_a_plain_resize_and_normalisation():
     rows = _rows()
     cfg = DataConfig(min_scale=1.0, rotate=0.0, hflip=False, intensity=0.0)
-    pixels, labels = BatchAugment(cfg, PREP)(rows)
+    pixels, labels = _apply(BatchAugment(cfg, PREP), rows)
     assert pixels.shape == (8, 3, 32, 32) and labels.tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
     torch.testing.assert_close(pixels, _plain(rows), atol=1e-5, rtol=0)
 
@@ -36,7 +43,7 @@ def test_without_randomness_it_is_a_plain_resize_and_normalisation():
 def test_flips_are_per_image():
     rows = _rows(count=32)
     torch.manual_seed(1)
-    pixels, _ = BatchAugment(DataConfig(min_scale=1.0, rotate=0.0, hflip=True, intensity=0.0), PREP)(rows)
+    pixels, _ = _apply(BatchAugment(DataConfig(min_scale=1.0, rotate=0.0, hflip=True, intensity=0.0), PREP), rows)
     plain = _plain(rows)
     flipped = [bool(torch.allclose(p, torch.flip(q, dims=[2]), atol=1e-5)) for p, q in zip(pixels, plain, strict=True)]
     kept = [bool(torch.allclose(p, q, atol=1e-5)) for p, q in zip(pixels, plain, strict=True)]
@@ -49,9 +56,9 @@ def test_every_image_gets_its_own_crop_and_the_seed_repeats_them():
     rows = [(image, 0)] * 6  # the same picture six times
     augment = BatchAugment(DataConfig(), PREP)
     torch.manual_seed(3)
-    first, _ = augment(rows)
+    first, _ = _apply(augment, rows)
     torch.manual_seed(3)
-    again, _ = augment(rows)
+    again, _ = _apply(augment, rows)
     torch.testing.assert_close(first, again)
     assert all(not torch.allclose(first[0], other) for other in first[1:])
     assert torch.isfinite(first).all()
@@ -66,13 +73,13 @@ def test_the_sampling_grid_and_normalisation_match_torchs_reference():
     torch.testing.assert_close(augment._grid(theta), reference, atol=1e-6, rtol=0)
     rows = _rows(count=5)
     torch.manual_seed(4)
-    pixels, _ = augment(rows)
+    pixels, _ = _apply(augment, rows)
     # The same draws, then torch's affine_grid and broadcast normalisation: the same batch.
     torch.manual_seed(4)
     original = BatchAugment._grid
     try:
         BatchAugment._grid = lambda self, t: F.affine_grid(t, [len(t), 1, self.size, self.size], align_corners=False)
-        expected, _ = augment(rows)
+        expected, _ = _apply(augment, rows)
     finally:
         BatchAugment._grid = original
     torch.testing.assert_close(pixels, expected, atol=1e-4, rtol=0)  # float rounding, far below 1/255
