@@ -58,6 +58,8 @@ class TrainState:
     bad_epochs: int = 0
     # One record per completed epoch (what metrics.json holds).
     history: list[dict] = field(default_factory=list)
+    # The epochs the schedule was laid over when train.time_budget_minutes chose them (None: train.epochs).
+    epochs: int | None = None
 
     def end_epoch(self, record: dict, qwk: float) -> bool:
         """Record a finished epoch; returns whether its validation QWK is the best so far."""

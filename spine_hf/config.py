@@ -147,7 +147,12 @@ class TrainConfig:
     overwrite: bool = False
     # Write a tensorboard log under output_dir/logs.
     tensorboard: bool = False
-    # Stop gracefully after this many minutes of training (0 = no limit); the best model is kept.
+    # Fit the whole run into this many minutes (0 = off): the first epoch is timed with its evaluation,
+    # then train.epochs is lowered to what fits (setup and the test split included) and the warmup +
+    # cosine schedule is laid over those epochs, so it completes on any machine instead of being cut.
+    time_budget_minutes: float = 0.0
+    # Stop gracefully after this many minutes of training (0 = no limit), wherever the schedule is; the
+    # best model is kept. A hard stop: prefer time_budget_minutes.
     time_limit_minutes: float = 0.0
     # CPU threads per process for torch (0 = on a CPU, the cores shared among this machine's processes).
     threads: int = 0
@@ -158,6 +163,7 @@ class TrainConfig:
         _check(self.mixed_precision in MIXED_PRECISIONS, f"train.mixed_precision must be one of {MIXED_PRECISIONS}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+        _check(self.time_budget_minutes >= 0 and self.time_limit_minutes >= 0, "train time limits must be >= 0")
         _check(self.patience >= 0 and self.checkpoint_epochs >= 0 and self.checkpoint_steps >= 0, "counts >= 0")
 
 

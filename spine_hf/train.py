@@ -69,9 +69,17 @@ class Run:
     eval_loader: torch.utils.data.DataLoader
     # Applied to each training batch on the device, after the loader shipped it there as uint8.
     augment: BatchAugment
+    # The learning-rate schedule inside `scheduler` (its length changes when a time budget sets the epochs).
+    schedule: WarmupCosine
     dataset: object
     preprocessing: Preprocessing
     state: TrainState
+    # When `prepare` started (time.monotonic), for train.time_budget_minutes.
+    started: float
+
+    @property
+    def epochs(self) -> int:
+        return self.state.epochs or self.cfg.train.epochs
 
 
 def train(cfg: Config) -> dict:
@@ -83,7 +91,8 @@ def fit(run: Run) -> dict:
     """The epoch loop, then the wrap-up: test split, results.json, push."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     started = time.monotonic()
-    for epoch in range(state.epoch, cfg.train.epochs):
+    while state.epoch < run.epochs:
+        epoch = state.epoch
         epoch_start = time.monotonic()
         loss, out_of_time = _train_epoch(run, epoch, started)
         train_seconds = time.monotonic() - epoch_start
@@ -102,8 +111,10 @@ def fit(run: Run) -> dict:
         if improved:
             _save_best(run, record, predictions)
         _log_epoch(run, record, improved)
+        if cfg.train.time_budget_minutes and state.epochs is None:
+            _fit_to_budget(run, time.monotonic() - epoch_start, record["seconds"] - record["train_seconds"])
         patience_over = bool(cfg.train.patience) and state.bad_epochs >= cfg.train.patience
-        last = out_of_time or patience_over or epoch + 1 == cfg.train.epochs
+        last = out_of_time or patience_over or epoch + 1 == run.epochs
         if last or (cfg.train.checkpoint_epochs and (epoch + 1) % cfg.train.checkpoint_epochs == 0):
             save_checkpoint(accelerator, run.out, state, cfg.train.keep_checkpoints, run.ema)
         if patience_over:
@@ -115,6 +126,7 @@ def fit(run: Run) -> dict:
 
 def prepare(cfg: Config) -> Run:
     """Build and `accelerator.prepare` everything, resume or claim the output folder; nothing trains yet."""
+    started = time.monotonic()
     out = Path(cfg.train.output_dir)
     if cfg.train.tensorboard:
         from accelerate.utils import is_tensorboard_available
@@ -156,8 +168,10 @@ def prepare(cfg: Config) -> Run:
     loss_fn = build_loss(cfg.optim, grade_counts(train_set.labels))
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, accelerator.device)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
-    scheduler = accelerator.prepare(_cosine_with_warmup(optimizer, cfg, steps_per_epoch, accelerator.num_processes))
+    # accelerate steps a prepared scheduler once per process for every optimizer step.
+    steps = math.ceil(len(train_loader) / cfg.train.grad_accum) * accelerator.num_processes
+    schedule = WarmupCosine(round(cfg.optim.warmup_epochs * steps), steps, cfg.train.epochs, cfg.optim.min_lr_ratio)
+    scheduler = accelerator.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
     ema = None
     if cfg.train.ema_decay:
         from timm.utils import ModelEmaV3
@@ -166,7 +180,7 @@ def prepare(cfg: Config) -> Run:
         # scored on what is mostly the random initialisation.
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, use_warmup=True)
     metric = _load_metric(accelerator)
-    if cfg.train.resume:
+    if cfg.train.resume:  # restores the schedule's epochs too (a LambdaLR saves its callable's attributes)
         state = resume_state(accelerator, cfg.train.resume, out, ema)
     else:
         state = TrainState()
@@ -179,7 +193,7 @@ def prepare(cfg: Config) -> Run:
     scored = ema.module if ema is not None else model
     augment = BatchAugment(cfg.data, preprocessing)
     return Run(cfg, out, accelerator, model, scored, ema, optimizer, scheduler, loss_fn, metric, train_loader,
-               eval_loader, augment, dataset, preprocessing, state)  # fmt: skip
+               eval_loader, augment, schedule, dataset, preprocessing, state, started)  # fmt: skip
 
 
 def _train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
@@ -299,14 +313,39 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _cosine_with_warmup(optimizer, cfg: Config, steps_per_epoch: int, processes: int):
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+class WarmupCosine:
+    """The learning-rate factor at a scheduler step: linear warmup, then a cosine down to `min_ratio` at the
+    end of `epochs` epochs of `steps_per_epoch` (the numbers of transformers'
+    `get_cosine_with_min_lr_schedule_with_warmup`). An object rather than a function so that the epochs
+    can change after the first one (`train.time_budget_minutes`) and travel with the scheduler's state."""
 
-    # accelerate steps a prepared scheduler once per process for every optimizer step.
-    total = max(1, cfg.train.epochs * steps_per_epoch) * processes
-    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch) * processes
-    return get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, warmup, total, min_lr=cfg.optim.lr * cfg.optim.min_lr_ratio
+    def __init__(self, warmup: int, steps_per_epoch: int, epochs: int, min_ratio: float):
+        self.warmup, self.steps_per_epoch, self.epochs, self.min_ratio = warmup, steps_per_epoch, epochs, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        total = max(1, self.epochs * self.steps_per_epoch)
+        progress = (step - self.warmup) / max(1, total - self.warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)) * (1 - self.min_ratio) + self.min_ratio)
+
+
+def _fit_to_budget(run: Run, epoch_seconds: float, eval_seconds: float) -> None:
+    """After the first epoch: the epochs that fit in train.time_budget_minutes, for the schedule and the loop."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    left = 60 * cfg.train.time_budget_minutes - (time.monotonic() - run.started)
+    test_rows = len(run.dataset[cfg.data.test_split]) if cfg.data.test_split else 0
+    # The wrap-up scores the test split (at the validation split's pace) and writes results.
+    wrap_up = 2 * eval_seconds * test_rows / max(len(run.eval_loader.dataset), 1) + 5
+    fitting = state.epoch + int((left - wrap_up) / (1.05 * epoch_seconds))  # 5 %: epochs vary
+    epochs = max(state.epoch, min(cfg.train.epochs, fitting))
+    # Every process must train the same epochs: take the smallest answer.
+    epochs = int(accelerator.gather(torch.tensor([epochs], device=accelerator.device)).min())
+    state.epochs = run.schedule.epochs = epochs
+    accelerator.print(
+        f"time budget {cfg.train.time_budget_minutes:g} min: epoch {state.epoch} took {epoch_seconds:.0f} s with "
+        f"its evaluation, {left / 60:.1f} min are left: the schedule runs over {epochs} epochs "
+        f"(train.epochs {cfg.train.epochs})"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -225,3 +226,46 @@ def test_one_and_two_processes_score_the_same_weights_image_by_image(tmp_path, t
     assert len(a["predictions"]) == load_grade_dataset(tiny_dataset)["validation"].num_rows
     assert a["predictions"] == b["predictions"]
     assert _history(one)[0]["validation"] == _history(two)[0]["validation"]
+
+
+def test_the_schedule_is_transformers_warmup_cosine_and_its_length_can_change():
+    import torch
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from spine_hf.train import WarmupCosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.003)
+    reference = get_cosine_with_min_lr_schedule_with_warmup(optimizer, 17, 10 * 40, min_lr_rate=0.01).lr_lambdas[0]
+    ours = WarmupCosine(17, 40, 10, 0.01)
+    for step in (0, 1, 16, 17, 18, 100, 399, 400, 401):
+        assert ours(step) == pytest.approx(reference(step), rel=1e-12, abs=1e-15), step
+    ours.epochs = 4  # a time budget shortened the run: the cosine now ends at step 160
+    assert ours(160) == pytest.approx(0.01) and ours(100) < reference(100)
+
+
+@pytest.mark.slow
+def test_a_time_budget_fits_the_whole_schedule_into_it(tmp_path, tiny_dataset, capsys):
+    import torch
+
+    from spine_hf.train import train
+
+    out = tmp_path / "run"
+    budget_minutes, lr, min_ratio = 0.25, 0.003, 0.01
+    start = time.monotonic()
+    cfg = parse_config(_args(tiny_dataset, out, "--train.epochs=1000", f"--train.time_budget_minutes={budget_minutes}",
+                             f"--optim.lr={lr}", f"--optim.min_lr_ratio={min_ratio}"))  # fmt: skip
+    train(cfg)
+    elapsed = time.monotonic() - start
+    assert elapsed <= 1.2 * 60 * budget_minutes  # the budget holds, with some room for a noisy machine
+    history = _history(out)
+    printed = capsys.readouterr().out
+    chosen = int(re.search(r"the schedule runs over (\d+) epochs", printed).group(1))
+    assert 1 < chosen < 1000 and len(history) == chosen
+    # The schedule completed: the last steps ran at the floor of the cosine, not at a learning rate cut short.
+    assert history[-1]["lr"] == pytest.approx(lr * min_ratio, rel=0.05)
+    assert history[0]["lr"] == pytest.approx(lr, rel=0.05)  # end of the one-epoch warmup
+    # A resumed run keeps the chosen length: it is in the training state and in the scheduler's state.
+    checkpoint = sorted((out / "checkpoints").glob("step_*"))[-1]
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["epochs"] == chosen
+    scheduler = torch.load(checkpoint / "scheduler.bin", weights_only=True)
+    assert scheduler["lr_lambdas"][0]["epochs"] == chosen
