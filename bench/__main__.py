@@ -3,7 +3,8 @@
     python -m bench all     [--data DIR] [--model resnet18] [--image-size 224] [--batch-size 32] [--json FILE]
     python -m bench train | predict | convert | quality
 
-* train, predict, convert: `bench.speed`; quality: `bench.quality`; all: convert, train and predict.
+* train, predict, convert: `bench.speed`; loader: `bench.loader`; quality: `bench.quality`;
+  all: convert, train, predict and loader.
 
 Every arm runs in this process, on this machine, one after the other, so the ratios compare like with
 like on a noisy machine; absolute numbers are printed for context only. DIR is a split tree of grade
@@ -19,19 +20,21 @@ import time
 from pathlib import Path
 
 from bench.data import prepare_tree
+from bench.loader import bench_loader
 from bench.quality import bench_quality
 from bench.report import Report, machine_context
 from bench.speed import bench_convert, bench_predict, bench_train
 
-COMMANDS = {"train": bench_train, "predict": bench_predict, "convert": bench_convert, "quality": bench_quality}
+COMMANDS = {"train": bench_train, "predict": bench_predict, "convert": bench_convert, "quality": bench_quality,
+            "loader": bench_loader}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "what",
-        choices=["train", "predict", "convert", "quality", "all"],
-        help="all = convert, train and predict (quality takes about 45 minutes on its own)",
+        choices=["train", "predict", "convert", "loader", "quality", "all"],
+        help="all = convert, train, predict and loader (quality takes about 45 minutes on its own)",
     )
     parser.add_argument("--data", help="split tree of grade folders to run on (default: synthetic phantoms)")
     parser.add_argument("--model", default="resnet18", help="timm or transformers model name (default resnet18)")
@@ -43,12 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=20, help="timed one-image predictions per arm (predict)")
     parser.add_argument("--model-dir", help="a saved model folder for predict (default: random weights)")
     parser.add_argument("--budget-minutes", type=float, default=19.0, help="training minutes per recipe (quality)")
+    parser.add_argument("--loader-images", type=int, default=2000, help="training images the loader bench uses")
     parser.add_argument("--phantoms-per-grade", type=int, default=120, help="phantoms made when there is no --data")
     return parser
 
 
 def run(args) -> Report:
-    """Run `args.what` ("all" = convert, train, predict) and print/write the report."""
+    """Run `args.what` ("all" = convert, train, predict, loader) and print/write the report."""
     import datasets
     import torch
 
@@ -62,7 +66,7 @@ def run(args) -> Report:
     print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {described}")  # fmt: skip
     start = time.perf_counter()
-    for name in ("convert", "train", "predict") if args.what == "all" else (args.what,):
+    for name in ("convert", "train", "predict", "loader") if args.what == "all" else (args.what,):
         COMMANDS[name](args, report, work, tree)
     report.number("total_seconds", time.perf_counter() - start)
     print(f"\nsummary ({time.perf_counter() - start:.0f} s):")

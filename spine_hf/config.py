@@ -160,6 +160,8 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.epochs >= 1 and self.batch_size >= 1 and self.eval_batch_size >= 1, "epochs/batch sizes >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
+        if self.mixed_precision == "False":  # YAML, so also `--train.mixed_precision=no`, reads a bare no as false
+            self.mixed_precision = "no"
         _check(self.mixed_precision in MIXED_PRECISIONS, f"train.mixed_precision must be one of {MIXED_PRECISIONS}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay must be in [0, 1)")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")

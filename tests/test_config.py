@@ -53,3 +53,9 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(config_to_yaml(cfg))
     again = parse_config(["--config_path", str(path)])
     assert again == cfg
+
+
+def test_accelerates_no_is_read_as_no_not_as_false(tmp_path):
+    assert parse_config(["--train.mixed_precision=no"]).train.mixed_precision == "no"
+    (tmp_path / "c.yaml").write_text("train:\n  mixed_precision: no\n")
+    assert parse_config(["--config_path", str(tmp_path / "c.yaml")]).train.mixed_precision == "no"

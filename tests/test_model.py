@@ -33,3 +33,117 @@ def test_both_libraries_build_a_five_grade_head_with_their_preprocessing():
 def test_auto_precision_is_bf16_only_where_it_is_native():
     assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+
+
+# ------------------------------------------------------------------ pretrained checkpoints, offline
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+MEAN, STD = (0.3, 0.35, 0.4), (0.2, 0.25, 0.3)  # not ImageNet's: proves where the preprocessing came from
+
+
+def _publish(cache, repo_id: str, folder) -> None:
+    """Lay `folder` out in `cache` as huggingface_hub lays out a downloaded snapshot of `repo_id`."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An offline Hub cache holding a timm ConvNeXt and a transformers ViT, both with 1000-class heads."""
+    import huggingface_hub.constants
+    import timm
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    cache = tmp_path / "hub"
+    torch.manual_seed(0)
+    convnext = timm.create_model("test_convnext", pretrained=False, num_classes=1000)
+    convnext.pretrained_cfg = {**convnext.pretrained_cfg, "mean": MEAN, "std": STD}
+    timm.models.save_for_hf(convnext, tmp_path / "convnext", safe_serialization=True)
+    _publish(cache, "timm/test_convnext.r160_in1k", tmp_path / "convnext")
+    vit_config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           patch_size=8, image_size=32, num_labels=1000)  # fmt: skip
+    vit = ViTForImageClassification(vit_config)
+    vit.save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=list(MEAN), image_std=list(STD)).save_pretrained(
+        tmp_path / "vit"
+    )
+    _publish(cache, "tiny-org/vit-1k", tmp_path / "vit")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return {"timm": convnext.state_dict(), "transformers": vit.state_dict()}
+
+
+def _assert_starts_from(model, checkpoint: dict, head: str) -> None:
+    """Every backbone weight equals the checkpoint's; the head is new, with five outputs."""
+    ours = model.state_dict()
+    backbone = [key for key in checkpoint if not key.startswith(head)]
+    assert backbone and all(torch.equal(ours[key], checkpoint[key]) for key in backbone)
+    heads = [key for key in ours if key.startswith(head) and key.endswith("weight")]
+    assert heads and all(ours[key].shape[0] == 5 for key in heads)
+
+
+def test_a_pretrained_timm_checkpoint_from_the_hub_cache(hub_cache):
+    from conftest import REPO
+
+    from spine_hf.config import parse_config
+    from spine_hf.model_card import model_card
+
+    cfg = parse_config(["--config_path", str(REPO / "configs" / "convnext-small.yaml"),
+                        "--model.name=timm/test_convnext.r160_in1k", "--model.image_size=64"])  # fmt: skip
+    assert cfg.model.pretrained
+    model, preprocessing = build_model(cfg.model)
+    _assert_starts_from(model, hub_cache["timm"], "head.fc.")
+    assert preprocessing.mean == MEAN and preprocessing.std == STD
+    assert "base_model: timm/test_convnext.r160_in1k" in model_card(cfg, None, "timm")
+    random, _ = build_model(ModelConfig(name="test_convnext", image_size=64))
+    assert not torch.equal(random.state_dict()["stem.0.weight"], model.state_dict()["stem.0.weight"])
+
+
+def test_a_pretrained_transformers_checkpoint_from_the_hub_cache(hub_cache):
+    from conftest import REPO
+
+    from spine_hf.config import parse_config
+    from spine_hf.model_card import model_card
+
+    cfg = parse_config(["--config_path", str(REPO / "configs" / "vit-base.yaml"), "--model.name=tiny-org/vit-1k",
+                        "--model.image_size=32"])  # fmt: skip
+    assert cfg.model.pretrained and cfg.model.library == "transformers"
+    model, preprocessing = build_model(cfg.model)
+    _assert_starts_from(model.hf_model, hub_cache["transformers"], "classifier.")
+    assert preprocessing.mean == MEAN and preprocessing.std == STD
+    assert model.hf_model.config.id2label[4] == "Severe" and model.hf_model.config.hidden_dropout_prob == 0.1
+    assert "base_model: tiny-org/vit-1k" in model_card(cfg, None, "transformers")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", ["timm", "transformers"])
+def test_fine_tuning_a_pretrained_checkpoint_saves_a_folder_that_loads(hub_cache, library, tmp_path, phantom_split):
+    from conftest import REPO
+    from transformers import pipeline
+
+    from spine_hf.config import parse_config
+    from spine_hf.convert import convert_to_dataset
+    from spine_hf.imaging import decode_image
+    from spine_hf.train import fit, prepare
+
+    convert_to_dataset(phantom_split, tmp_path / "ds")
+    recipes = {"timm": ("convnext-small", "timm/test_convnext.r160_in1k", 64, "head.fc."),
+               "transformers": ("vit-base", "tiny-org/vit-1k", 32, "classifier.")}  # fmt: skip
+    recipe, name, side, head = recipes[library]
+    cfg = parse_config(["--config_path", str(REPO / "configs" / f"{recipe}.yaml"), f"--model.name={name}",
+                        f"--model.image_size={side}", f"--data.dataset={tmp_path / 'ds'}", "--data.num_workers=0",
+                        f"--train.output_dir={tmp_path / 'run'}", "--train.epochs=2", "--train.batch_size=8",
+                        "--train.mixed_precision=no"])  # fmt: skip
+    run = prepare(cfg)
+    model = run.accelerator.unwrap_model(run.model)
+    _assert_starts_from(model.hf_model if library == "transformers" else model, hub_cache[library], head)
+    fit(run)
+    best = tmp_path / "run" / "best"
+    assert f"base_model: {name}" in (best / "README.md").read_text()
+    scores = pipeline("image-classification", model=str(best), top_k=5)(
+        decode_image(next(phantom_split.rglob("*.png")))
+    )
+    assert len(scores) == 5 and {s["label"] for s in scores} == {"Healthy", "Doubtful", "Minimal", "Moderate", "Severe"}
