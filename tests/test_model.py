@@ -137,6 +137,10 @@ def test_fine_tuning_a_pretrained_checkpoint_saves_a_folder_that_loads(hub_cache
                         f"--model.image_size={side}", f"--data.dataset={tmp_path / 'ds'}", "--data.num_workers=0",
                         f"--train.output_dir={tmp_path / 'run'}", "--train.epochs=2", "--train.batch_size=8",
                         "--train.mixed_precision=no"])  # fmt: skip
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one mixed-precision setting per process; earlier in-process runs may have set bf16.
+    AcceleratorState._reset_state(reset_partial_state=True)
     run = prepare(cfg)
     model = run.accelerator.unwrap_model(run.model)
     _assert_starts_from(model.hf_model if library == "transformers" else model, hub_cache[library], head)
