@@ -31,7 +31,8 @@ class ProjectStep:
 
         from spine_hf.losses import build_loss
         from spine_hf.model import build_model
-        from spine_hf.train import make_optimizer, mixed_precision, training_step
+        from spine_hf.optim import make_optimizer
+        from spine_hf.train import mixed_precision, training_step
         from spine_hf.transforms import BatchAugment
 
         self.cfg = cfg

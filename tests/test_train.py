@@ -228,21 +228,6 @@ def test_one_and_two_processes_score_the_same_weights_image_by_image(tmp_path, t
     assert _history(one)[0]["validation"] == _history(two)[0]["validation"]
 
 
-def test_the_schedule_is_transformers_warmup_cosine_and_its_length_can_change():
-    import torch
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
-    from spine_hf.train import WarmupCosine
-
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.003)
-    reference = get_cosine_with_min_lr_schedule_with_warmup(optimizer, 17, 10 * 40, min_lr_rate=0.01).lr_lambdas[0]
-    ours = WarmupCosine(17, 40, 10, 0.01)
-    for step in (0, 1, 16, 17, 18, 100, 399, 400, 401):
-        assert ours(step) == pytest.approx(reference(step), rel=1e-12, abs=1e-15), step
-    ours.epochs = 4  # a time budget shortened the run: the cosine now ends at step 160
-    assert ours(160) == pytest.approx(0.01) and ours(100) < reference(100)
-
-
 @pytest.mark.slow
 def test_a_time_budget_fits_the_whole_schedule_into_it(tmp_path, tiny_dataset, capsys):
     import torch
