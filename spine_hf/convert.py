@@ -28,14 +28,11 @@ from spine_hf.grades import NUM_GRADES, grade_folder
 from spine_hf.imaging import ImageDecodeError, decode
 from spine_hf.layout import (
     SPLITS,
-    STRUCTURAL_ERRORS,
     DatasetLayoutError,
     ImageEntry,
     Problem,
     display_path,
-    require_usable,
-    scan,
-    tolerated_problems,
+    scan_usable,
 )
 from spine_hf.outputs import staged_folder
 from spine_hf.parallel import map_cpu
@@ -105,15 +102,9 @@ def convert_to_dataset(
     """
     start = time.perf_counter()
     root, out = Path(root), Path(out)
-    layout = scan(root)
-    if layout.kind != "splits":
-        raise DatasetLayoutError(
-            root,
-            [Problem("error", "not_split", ".", "has no train/val/test folders; run `spine-hf data split` first")],
-        )
-    require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
-    report = ConvertReport(out, counts={})
-    report.problems = tolerated_problems(layout)
+    not_split = Problem("error", "not_split", ".", "has no train/val/test folders; run `spine-hf data split` first")
+    layout, problems = scan_usable(root, "splits", not_split)
+    report = ConvertReport(out, counts={}, problems=problems)
     with staged_folder(out, overwrite) as staging:  # the dataset appears under its name only once complete
         # Re-encoded images wait inside the staged folder until their bytes are in the Arrow files.
         reencoded = staging / ".reencoded"

@@ -94,6 +94,15 @@ def undecodable_rows(failures: list[str]) -> ValueError:
     )
 
 
+def decode_cell(cell: dict):
+    """The canonical image of one stored image cell (`{"bytes", "path"}`, read with ``Image(decode=False)``).
+
+    Raises:
+        ImageDecodeError: the decoder refuses it.
+    """
+    return decode_image(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
+
+
 def decode_split(rows) -> list:
     """Every image of a dataset split as a canonical PIL image; one error lists every row that fails."""
     from datasets import Image as ImageFeature
@@ -104,7 +113,7 @@ def decode_split(rows) -> list:
     def one(index: int):
         cell = cells[index]
         try:
-            return decode_image(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
+            return decode_cell(cell)
         except ImageDecodeError as err:
             return row_failure(index, names[index], err)
 

@@ -138,6 +138,22 @@ def scan(root: str | os.PathLike) -> Layout:
     return layout
 
 
+def scan_usable(root: str | os.PathLike, kind: str, wrong_kind: Problem) -> tuple[Layout, list[Problem]]:
+    """Scan a tree for a command that takes its labels from the grade folders itself (`split`, `convert`).
+
+    Returns the layout and the problems to show (`tolerated_problems`).
+
+    Raises:
+        DatasetLayoutError: the tree is not a `kind` tree (`wrong_kind` says why), or it has a problem no
+            command can work around (`STRUCTURAL_ERRORS`, links that lead nowhere).
+    """
+    layout = scan(root)
+    if layout.kind != kind:
+        raise DatasetLayoutError(Path(root), [wrong_kind])
+    require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
+    return layout, tolerated_problems(layout)
+
+
 def require_usable(layout: Layout, blocking: frozenset[str]) -> None:
     """Raise `DatasetLayoutError` if the layout has an error whose code is in `blocking`."""
     bad = [p for p in layout.problems if p.severity == "error" and p.code in blocking]

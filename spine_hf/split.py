@@ -24,15 +24,11 @@ from spine_hf.layout import (
     PATIENTS_FILE,
     SPLIT_FOLDERS,
     SPLITS,
-    STRUCTURAL_ERRORS,
-    DatasetLayoutError,
     ImageEntry,
     Problem,
     display_path,
     read_patients,
-    require_usable,
-    scan,
-    tolerated_problems,
+    scan_usable,
     unique_name,
     write_patients,
 )
@@ -101,21 +97,10 @@ def split_dataset(
     start = time.perf_counter()
     source, out = Path(source), Path(out)
     parse_ratios(",".join(str(r) for r in ratios))
-    layout = scan(source)
-    if layout.kind != "pool":
-        raise DatasetLayoutError(
-            source,
-            [
-                Problem(
-                    "error",
-                    "already_split",
-                    ".",
-                    "already has train/val/test folders; point split at a pool of grade folders",
-                )
-            ],
-        )
-    require_usable(layout, STRUCTURAL_ERRORS | {"broken_link"})
-    problems = tolerated_problems(layout)
+    already_split = Problem(
+        "error", "already_split", ".", "already has train/val/test folders; point split at a pool of grade folders"
+    )
+    layout, problems = scan_usable(source, "pool", already_split)
     groups, grouping = _groups_for(layout.images, source, group_regex, groups_csv)
     if grouping == "none":
         problems.append(

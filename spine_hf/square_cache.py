@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spine_hf.dataset_folder import row_failure, undecodable_rows
-from spine_hf.imaging import DECODER_VERSION, ImageDecodeError, decode_image
+from spine_hf.dataset_folder import decode_cell, row_failure, undecodable_rows
+from spine_hf.imaging import DECODER_VERSION, ImageDecodeError
 from spine_hf.parallel import map_cpu
 from spine_hf.preprocessing import square
 
@@ -135,7 +135,7 @@ def _fill(index: int) -> str | None:
     squares = _BUILD["squares"]
     cell = _BUILD["rows"][index]["image"]
     try:
-        image = decode_image(cell["bytes"] if cell.get("bytes") is not None else cell["path"])
+        image = decode_cell(cell)
     except ImageDecodeError as err:
         names = _BUILD["names"]
         return row_failure(index, names[index] if names is not None else cell.get("path"), err)

@@ -113,7 +113,8 @@ def fit(run: Run) -> dict:
             _save_best(run, record, predictions)
         _log_epoch(run, record, improved)
         if cfg.train.time_budget_minutes and state.epochs is None:
-            _fit_to_budget(run, time.monotonic() - epoch_start, record["seconds"] - record["train_seconds"])
+            epoch_seconds = time.monotonic() - epoch_start
+            _fit_to_budget(run, epoch_seconds, epoch_seconds - train_seconds)
         patience_over = bool(cfg.train.patience) and state.bad_epochs >= cfg.train.patience
         last = out_of_time or patience_over or epoch + 1 == run.epochs
         if last or (cfg.train.checkpoint_epochs and (epoch + 1) % cfg.train.checkpoint_epochs == 0):
@@ -207,7 +208,7 @@ def _train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
     if state.batches_in_epoch:  # resumed mid-epoch: the same order, minus what was done
         batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
     losses, out_of_time = [], False
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not accelerator.is_main_process)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{run.epochs}", disable=not accelerator.is_main_process)
     for images, labels in bar:
         pixels = run.augment(images)
         loss = training_step(accelerator, run.model, run.loss_fn, run.optimizer, run.scheduler, pixels, labels, cfg)

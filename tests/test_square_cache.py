@@ -29,14 +29,14 @@ def dataset(tmp_path, phantom_split) -> Path:
 def decodes(tmp_path, monkeypatch) -> Path:
     """Counts calls of the decoder by the cache builder, in this process and in its forked workers."""
     tally = tmp_path / "decodes.txt"
-    real = square_cache.decode_image
+    real = square_cache.decode_cell  # the decoder, for one stored image
 
     def counted(source):
         with open(tally, "a") as handle:  # appends from several processes stay whole lines
             handle.write("x\n")
         return real(source)
 
-    monkeypatch.setattr(square_cache, "decode_image", counted)
+    monkeypatch.setattr(square_cache, "decode_cell", counted)
     return tally
 
 
