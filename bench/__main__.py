@@ -1,10 +1,11 @@
 """`python -m bench`: spine-hf's benchmarks, from a checkout of the repository.
 
     python -m bench all     [--data DIR] [--model resnet18] [--image-size 224] [--batch-size 32] [--json FILE]
-    python -m bench train | predict | convert | quality
+    python -m bench train | predict | convert | loader | quality | large
 
 * train, predict, convert: `bench.speed`; loader: `bench.loader`; quality: `bench.quality`;
-  all: convert, train, predict and loader.
+  large: `bench.large` (full-size radiographs, two training processes); all: convert, train,
+  predict and loader.
 
 Every arm runs in this process, on this machine, one after the other, so the ratios compare like with
 like on a noisy machine; absolute numbers are printed for context only. DIR is a split tree of grade
@@ -20,21 +21,22 @@ import time
 from pathlib import Path
 
 from bench.data import prepare_tree
+from bench.large import bench_large
 from bench.loader import bench_loader
 from bench.quality import bench_quality
 from bench.report import Report, machine_context
 from bench.speed import bench_convert, bench_predict, bench_train
 
 COMMANDS = {"train": bench_train, "predict": bench_predict, "convert": bench_convert, "quality": bench_quality,
-            "loader": bench_loader}  # fmt: skip
+            "loader": bench_loader, "large": bench_large}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "what",
-        choices=["train", "predict", "convert", "loader", "quality", "all"],
-        help="all = convert, train, predict and loader (quality takes about 45 minutes on its own)",
+        choices=["train", "predict", "convert", "loader", "quality", "large", "all"],
+        help="all = convert, train, predict and loader (quality takes about 45 minutes on its own, large about 40)",
     )
     parser.add_argument("--data", help="split tree of grade folders to run on (default: synthetic phantoms)")
     parser.add_argument("--model", default="resnet18", help="timm or transformers model name (default resnet18)")
@@ -47,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", help="a saved model folder for predict (default: random weights)")
     parser.add_argument("--budget-minutes", type=float, default=19.0, help="training minutes per recipe (quality)")
     parser.add_argument("--loader-images", type=int, default=2000, help="training images the loader bench uses")
+    parser.add_argument(
+        "--large-images",
+        type=int,
+        default=3000,
+        help="full-size training radiographs `large` makes (and a tenth of that for validation)",
+    )
+    parser.add_argument(
+        "--control-images",
+        type=int,
+        default=300,
+        help="training images of `large`'s control run (memory that grows with the data)",
+    )
     parser.add_argument("--phantoms-per-grade", type=int, default=120, help="phantoms made when there is no --data")
     return parser
 

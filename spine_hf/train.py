@@ -155,14 +155,23 @@ def prepare(cfg: Config) -> Run:
         f"spine-hf train: world size {accelerator.num_processes}, device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}, output {out}"
     )
+    load_start = time.monotonic()
     dataset = load_grade_dataset(cfg.data.dataset)
     for split in (cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split):
         if split and split not in dataset:
             raise ConfigError(f"{cfg.data.dataset} has no split {split!r} (it has {sorted(dataset)})")
+    load_seconds = time.monotonic() - load_start
     model, preprocessing = build_model(cfg.model)
+    cache_start = time.monotonic()
     with accelerator.local_main_process_first():  # one process per machine decodes; the others map its cache
         train_set = GradeImages(dataset[cfg.data.train_split], preprocessing, cfg.data, train=True)
         eval_set = GradeImages(dataset[cfg.data.eval_split], preprocessing, cfg.data, train=False)
+    data_seconds, decoded = load_seconds + time.monotonic() - cache_start, train_set.decoded + eval_set.decoded
+    accelerator.print(  # (`python -m bench large` reads this line)
+        f"data ready in {data_seconds:.2f} s: {len(train_set)} {cfg.data.train_split} + "
+        f"{len(eval_set)} {cfg.data.eval_split} images, "
+        + (f"{decoded} decoded into the cache" if decoded else "mapped from the decoded cache")
+    )
     train_loader = make_loader(train_set, cfg.train.batch_size, cfg.data, shuffle=True, seed=cfg.train.seed)
     eval_loader = make_loader(eval_set, cfg.train.eval_batch_size, cfg.data, shuffle=False, seed=cfg.train.seed)
     if cfg.model.channels_last:

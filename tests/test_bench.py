@@ -55,3 +55,63 @@ def test_the_baseline_is_the_example_scripts_recipe():
     for piece in ('load_dataset("imagefolder"', "with_transform", "RandomResizedCrop(size)", "RandomHorizontalFlip()",
                   "ToTensor()", 'image.convert("RGB")', 'name="linear"', "num_warmup_steps=0"):  # fmt: skip
         assert piece in source, piece
+
+
+def test_large_radiographs_are_full_size_8_and_16_bit(phantom_split, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from bench.large import MIN_HEIGHT, MIN_WIDTH, make_large_tree
+    from spine_hf.imaging import decode_image
+
+    made = make_large_tree(phantom_split, tmp_path / "large", 3, 1)
+    files = sorted((tmp_path / "large").rglob("*.png"))
+    assert made["images"] == len(files) == 4 and made["bytes"] == sum(f.stat().st_size for f in files)
+    modes = set()
+    for file in files:
+        with Image.open(file) as image:
+            assert image.width >= MIN_WIDTH and image.height >= MIN_HEIGHT
+            modes.add(image.mode)
+        assert np.asarray(decode_image(file)).std() > 5  # an image, not a blank frame
+    assert modes == {"L", "I;16"}
+    # The grade of each source survives (the folders of the split tree).
+    assert {f.parent.parent.name for f in files} == {"train", "val"}
+    assert make_large_tree(phantom_split, tmp_path / "large", 3, 1) == made  # made once
+
+
+def test_memory_watch_reads_this_process(tmp_path):
+    import os
+
+    import numpy as np
+
+    from bench.large import _cache_mapping, _status
+
+    cache = tmp_path / "squares" / "train-8px-0.npy"
+    cache.parent.mkdir()
+    np.save(cache, np.ones((64, 128, 128), np.uint8))
+    squares = np.load(cache, mmap_mode="r")
+    assert int(squares[:32].sum()) == 32 * 128 * 128  # touch half of it
+    resident, proportional = _cache_mapping(os.getpid())
+    assert 32 * 128 * 128 <= resident <= cache.stat().st_size + 4096 and 0 < proportional <= resident
+    status = _status(os.getpid())
+    assert status["VmHWM"] >= status["RssAnon"] > 0
+
+
+@pytest.mark.slow
+def test_bench_large_runs_two_processes_twice(phantom_split, tmp_path):
+    common = ["--model", "test_resnet", "--image-size", "32", "--batch-size", "2", "--data", str(phantom_split),
+              "--work", str(tmp_path / "work"), "--large-images", "16", "--control-images", "4"]  # fmt: skip
+    assert main(["large", *common, "--json", str(tmp_path / "large.json")]) == 0
+    report = json.loads((tmp_path / "large.json").read_text())
+    numbers, ratios = report["numbers"], report["ratios"]
+    assert numbers["large.images"] == 17
+    for name in ("first", "second", "control", "model_only"):
+        ranks = numbers[f"large.{name}.memory_mb"]
+        assert sorted(m["rank"] for m in ranks) == [0, 1], name  # two processes were watched
+        assert all(m["peak_rss"] >= m["peak_anonymous"] > 0 for m in ranks), name
+    assert numbers["large.second_data_setup_seconds"] < numbers["large.first_data_setup_seconds"]
+    assert "mapped from the decoded cache" in (tmp_path / "work" / "large" / "run-second.log").read_text()
+    assert set(ratios) == {"large.second_setup_seconds", "large.second_vs_first_setup",
+                           "large.second_process_adds_vs_cache", "large.epoch_vs_model_only",
+                           "large.data_path_vs_model_only"}  # fmt: skip
+    assert all(math.isfinite(entry["value"]) for entry in ratios.values())
