@@ -55,12 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=3000,
         help="full-size training radiographs `large` makes (and a tenth of that for validation)",
     )
-    parser.add_argument(
-        "--control-images",
-        type=int,
-        default=300,
-        help="training images of `large`'s control run (memory that grows with the data)",
-    )
     parser.add_argument("--phantoms-per-grade", type=int, default=120, help="phantoms made when there is no --data")
     return parser
 

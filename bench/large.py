@@ -13,12 +13,15 @@
    `train` prints ("data ready in ..."). While each run trains, every 0.2 s this process reads the
    two training processes' memory from /proc: peak RSS, peak anonymous (private heap) memory, and
    the resident part of the cache file mapped into each.
-4. A control run on the first --control-images rows only, for as many steps (epochs over fewer
-   rows), to see how much of each process's anonymous memory grows with the data: with the cache
-   shared, it should not (goal: the second process adds at most 10 % of the cache's size).
-5. Epoch time against the model-only step rate: the second run's training seconds for its epoch
-   against the same steps on one batch kept on the device (`bench.large_step`, in the same
-   2-process launch), goal >= 0.95.
+4. A third launch (`model_only` below, the same 2-process setup) times the training step fed by the
+   loader and on one batch kept on the device, in turn, then one whole epoch of the training loop
+   (`train.train_epoch`) and as many steps on the one batch, back to back (goal >= 0.95; separate
+   launches differ by up to 20 % in speed on these machines, so both arms run in one). Then each
+   process reads every image once and reports how much its private (anonymous) memory grew: a copy
+   of the images per process would add the cache's size (goal: the second process adds at most 10 %
+   of it). The peaks of whole training runs are printed too, but they move by a few hundred MB
+   between identical runs (allocator and oneDNN scratch space), more than the cache weighs at
+   224 px, so they cannot show that difference.
 """
 
 from __future__ import annotations
@@ -160,17 +163,18 @@ class MemoryWatch:
     def _track(self, pid: int) -> ProcessMemory | None:
         """A new training process (one that runs `module` with a RANK), or None for anything else (the
         launcher, or the worker processes a training process forks to decode the cache)."""
-        if not self._runs_module(pid) or self._runs_module(_parent(pid)):
+        if self.module not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
             return None
-        text = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
-        environ = dict(item.split("=", 1) for item in text.split("\0") if "=" in item)
-        if "RANK" not in environ:
+        rank = _environ(pid).get("RANK")
+        if rank is None or "RANK" in _environ(_parent(pid)):
             return None
-        self.processes[pid] = ProcessMemory(int(environ["RANK"]))
+        self.processes[pid] = ProcessMemory(int(rank))
         return self.processes[pid]
 
-    def _runs_module(self, pid: int) -> bool:
-        return self.module in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+
+def _environ(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(item.split("=", 1) for item in text.split("\0") if "=" in item)
 
 
 def _parent(pid: int) -> int:
@@ -256,16 +260,22 @@ def launch(module: str, arguments: list[str], log: Path) -> LaunchResult:
 
 
 def model_only(argv: list[str]) -> None:
-    """In each launched process: the training loop's step fed by the loader vs on one batch kept on the device.
+    """In each launched process: the training loop's step fed by the loader vs on one batch kept on the device,
+    then the private memory that reading every image of the splits adds.
 
     `train.prepare` sets everything up exactly as a training run does (the cache mapped, DDP over
     the processes); then each step of the loop (`training_step` plus the EMA update) runs fed from
     the loader (uint8 batch -> device -> `BatchAugment`) and on one augmented batch, in turn
-    (`bench.speed.paired_images_per_second`). Rank 0 prints one JSON line.
+    (`bench.speed.paired_images_per_second`). Then every process reads every image of the training and
+    evaluation datasets once, as the loader does, and reports how much its anonymous memory grew
+    (where a copy of the images would go) and how much of the cache is resident in it, shared or not.
+    Rank 0 prints one JSON line.
     """
+    from accelerate.utils import gather_object
+
     from bench.speed import paired_images_per_second
     from spine_hf.config import parse_config
-    from spine_hf.train import prepare, training_step
+    from spine_hf.train import prepare, train_epoch, training_step
 
     run = prepare(parse_config(argv))
     device = run.accelerator.device
@@ -286,9 +296,28 @@ def model_only(argv: list[str]) -> None:
     fixed = (run.augment(images.to(device)), labels.to(device))
     steps = min(24, len(run.train_loader))
     data_path, alone = paired_images_per_second(step, fed(), fixed, steps)
+    # A whole epoch of the training loop, then as many steps on the fixed batch, back to back.
+    start = time.perf_counter()
+    train_epoch(run, 0, time.monotonic())
+    epoch_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(len(run.train_loader)):
+        step(*fixed)
+    fixed_seconds = time.perf_counter() - start
+
+    before = _status(os.getpid())["RssAnon"]
+    for dataset in (run.train_loader.dataset, run.eval_loader.dataset):
+        for index in range(len(dataset)):
+            dataset[index]
+    run.accelerator.wait_for_everyone()  # every process has read everything: the pages are shared now
+    resident, proportional = _cache_mapping(os.getpid())
+    memory = {"rank": run.accelerator.process_index, "anonymous_added": _status(os.getpid())["RssAnon"] - before,
+              "cache_resident": resident, "cache_proportional": proportional}  # fmt: skip
+    found = {"data_path_images_per_s": data_path, "model_only_images_per_s": alone, "batch": len(labels),
+             "steps": steps, "epoch_seconds": epoch_seconds, "epoch_steps": len(run.train_loader),
+             "model_only_epoch_seconds": fixed_seconds, "memory": gather_object([memory])}  # fmt: skip
     if run.accelerator.is_main_process:
-        print("model-only " + json.dumps({"data_path_images_per_s": data_path, "model_only_images_per_s": alone,
-                                          "batch": len(labels), "steps": steps}), flush=True)  # fmt: skip
+        print("model-only " + json.dumps(found), flush=True)
     run.accelerator.end_training()
 
 
@@ -296,7 +325,6 @@ def model_only(argv: list[str]) -> None:
 
 
 def bench_large(args, report: Report, work: Path, tree: Path) -> None:
-    import math
     import shutil
 
     from spine_hf.convert import convert_to_dataset
@@ -320,28 +348,22 @@ def bench_large(args, report: Report, work: Path, tree: Path) -> None:
         report.number("large.convert_seconds", time.perf_counter() - start)
         report.say(f"converted in {time.perf_counter() - start:.0f} s ({converted.reencoded} re-encoded to 8-bit)")
         stamp.write_text(json.dumps(made))
-    train_rows = len(load_grade_dataset(dataset)["train"])
+    splits = load_grade_dataset(dataset)
+    train_rows, eval_rows = len(splits["train"]), len(splits["validation"])
     shutil.rmtree(dataset / "squares", ignore_errors=True)  # the first run below decodes
 
-    def arguments(name: str, epochs: int = 1, *extra: str) -> list[str]:
+    def arguments(name: str) -> list[str]:
         return [
             "--config_path", str(REPO_CONFIGS / RECIPE), f"--data.dataset={dataset}", "--data.test_split=",
-            f"--train.output_dir={base / name}", "--train.overwrite=true", f"--train.epochs={epochs}",
+            f"--train.output_dir={base / name}", "--train.overwrite=true", "--train.epochs=1",
             "--train.time_budget_minutes=0", f"--model.name={args.model}", f"--model.image_size={args.image_size}",
-            f"--train.batch_size={args.batch_size}", *extra,
+            f"--train.batch_size={args.batch_size}",
         ]  # fmt: skip
 
-    # The control trains on --control-images rows for as many steps (memory grows over the first steps too).
-    control_rows = min(args.control_images, train_rows)
     runs = {}
-    for name, module, extra in (
-        ("first", "spine_hf.train", (1,)),
-        ("second", "spine_hf.train", (1,)),
-        ("control", "spine_hf.train", (math.ceil(train_rows / control_rows), f"--data.max_samples={control_rows}")),
-        ("model_only", "bench.large", (1,)),
-    ):
-        runs[name] = result = launch(module, arguments(f"run-{name}", *extra), base / f"run-{name}.log")
-        if name == "first":  # the caches of the whole splits (the control run adds its own)
+    for name, module in (("first", "spine_hf.train"), ("second", "spine_hf.train"), ("model_only", "bench.large")):
+        runs[name] = result = launch(module, arguments(f"run-{name}"), base / f"run-{name}.log")
+        if name == "first":  # the caches it built
             cache_bytes = sum(path.stat().st_size for path in (dataset / "squares").glob("*.npy"))
         shown = ", ".join(f"rank {m.rank}: peak RSS {m.peak_rss / 2**20:.0f} MB, anonymous "
                           f"{m.peak_anonymous / 2**20:.0f} MB, cache resident {m.peak_cache_resident / 2**20:.0f} MB"
@@ -361,20 +383,6 @@ def bench_large(args, report: Report, work: Path, tree: Path) -> None:
     report.ratio("large.second_setup_seconds", second, 2.0, "lower", "data setup seconds of the second run")
     report.ratio("large.second_vs_first_setup", second / first, 0.05, "lower", "second run's data setup / first's")
 
-    # What the data adds to each process's private memory: the full run against the control run on a few rows.
-    full, small = runs["second"].memory, runs["control"].memory
-    for memory, control in zip(full, small, strict=True):
-        added = memory.peak_anonymous - control.peak_anonymous
-        report.number(f"large.rank{memory.rank}_anonymous_added_mb", added / 2**20)
-        report.say(f"rank {memory.rank}: anonymous memory {memory.peak_anonymous / 2**20:.0f} MB on {train_rows} "
-                   f"training images vs {control.peak_anonymous / 2**20:.0f} MB on {control_rows} (as many steps): "
-                   f"{added / 2**20:+.0f} MB for a cache of {cache_bytes / 2**20:.0f} MB")  # fmt: skip
-    second_rank = max(full, key=lambda memory: memory.rank)
-    control_rank = max(small, key=lambda memory: memory.rank)
-    added = max(0, second_rank.peak_anonymous - control_rank.peak_anonymous)
-    report.ratio("large.second_process_adds_vs_cache", added / cache_bytes, 0.10, "lower",
-                 "private memory the data adds to the second process / the decoded cache's size")  # fmt: skip
-
     # Epoch time against the model-only step rate.
     history = json.loads((base / "run-second" / "metrics.json").read_text())
     train_seconds = history[0]["train_seconds"]
@@ -382,16 +390,29 @@ def bench_large(args, report: Report, work: Path, tree: Path) -> None:
     if not found:
         raise RuntimeError(f"no model-only line in {base / 'run-model_only.log'}")
     rates = json.loads(found.group(1))
-    per_rank = math.ceil(train_rows / 2)
-    model_seconds = per_rank / rates["model_only_images_per_s"]
-    report.number("large.epoch_train_seconds", train_seconds)
+    # What reading every image adds to each process's private memory (a per-process copy would add the cache).
+    for memory in rates["memory"]:
+        report.number(f"large.rank{memory['rank']}_read_all_anonymous_added_mb", memory["anonymous_added"] / 2**20)
+        mb = {key: value / 2**20 for key, value in memory.items()}
+        report.say(f"rank {memory['rank']}: reading all {train_rows} + {eval_rows} images added "
+                   f"{mb['anonymous_added']:.1f} MB of private memory; the cache is resident in it "
+                   f"{mb['cache_resident']:.0f} MB, proportionally {mb['cache_proportional']:.0f} MB "
+                   "(shared pages divided among the processes mapping them)")  # fmt: skip
+    added = max(rates["memory"], key=lambda memory: memory["rank"])["anonymous_added"]
+    report.ratio("large.second_process_adds_vs_cache", max(0, added) / cache_bytes, 0.10, "lower",
+                 "private memory reading every image adds to the second process / the cache's size")  # fmt: skip
+    report.number("large.second_run_epoch_train_seconds", train_seconds)
+    report.number("large.epoch_seconds", rates["epoch_seconds"])
+    report.number("large.model_only_epoch_seconds", rates["model_only_epoch_seconds"])
     report.number("large.model_only_images_per_s_per_process", rates["model_only_images_per_s"])
     report.number("large.data_path_images_per_s_per_process", rates["data_path_images_per_s"])
-    report.say(f"epoch of {train_rows} images: {train_seconds:.1f} s of training; model-only "
-               f"{rates['model_only_images_per_s']:.1f} img/s per process -> {model_seconds:.1f} s; paired steps: "
-               f"data path {rates['data_path_images_per_s']:.1f} img/s per process")  # fmt: skip
-    report.ratio("large.epoch_vs_model_only", model_seconds / train_seconds, 0.95, "higher",
-                 "model-only seconds for the epoch's images / the epoch's training seconds")  # fmt: skip
+    report.say(f"epoch of {train_rows} images ({rates['epoch_steps']} steps per process): the training loop "
+               f"{rates['epoch_seconds']:.1f} s, the same steps on one batch {rates['model_only_epoch_seconds']:.1f} s "
+               f"(the second run's epoch: {train_seconds:.1f} s); paired steps: data path "
+               f"{rates['data_path_images_per_s']:.1f}, model only {rates['model_only_images_per_s']:.1f} img/s per "
+               "process")  # fmt: skip
+    report.ratio("large.epoch_vs_model_only", rates["model_only_epoch_seconds"] / rates["epoch_seconds"], 0.95,
+                 "higher", "steps of an epoch on one batch / that epoch of the training loop (one launch)")  # fmt: skip
     paired = rates["data_path_images_per_s"] / rates["model_only_images_per_s"]
     report.ratio("large.data_path_vs_model_only", paired, 0.95, "higher",
                  "paired steps in one launch: fed by the loader / on one batch on the device")  # fmt: skip

@@ -95,7 +95,7 @@ def fit(run: Run) -> dict:
     while state.epoch < run.epochs:
         epoch = state.epoch
         epoch_start = time.monotonic()
-        loss, out_of_time = _train_epoch(run, epoch, started)
+        loss, out_of_time = train_epoch(run, epoch, started)
         train_seconds = time.monotonic() - epoch_start
         metrics = _evaluate(run.scored, run.eval_loader, accelerator, run.metric, run.preprocessing, cfg)
         predictions = metrics.pop("predictions")
@@ -207,7 +207,7 @@ def prepare(cfg: Config) -> Run:
                eval_loader, augment, schedule, dataset, preprocessing, state, started)  # fmt: skip
 
 
-def _train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
+def train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
     """One pass over the training split (or what is left of it after a resume); returns the mean loss
     over all processes and whether train.time_limit_minutes ran out."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
