@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "what",
         choices=["train", "predict", "convert", "loader", "quality", "large", "all"],
-        help="all = convert, train, predict and loader (quality takes about 45 minutes on its own, large about 40)",
+        help="all = convert, train, predict and loader (quality takes about 45 minutes on its own; "
+        "large about 30 the first time, 10 once its data exist)",
     )
     parser.add_argument("--data", help="split tree of grade folders to run on (default: synthetic phantoms)")
     parser.add_argument("--model", default="resnet18", help="timm or transformers model name (default resnet18)")
