@@ -6,6 +6,12 @@ no worse than T = 1 (the NLL optimum alone can raise ECE; on the knee radiograph
 moved ECE from 0.035 to 0.040). T = 1 is always a candidate, so ECE never gets worse on the split.
 Dividing the final linear layer's weight and bias by T gives exactly the scaled logits, so the saved
 folder needs no extra code anywhere it is loaded. The top grade never changes.
+
+On the same split, with the temperature applied, `calibrate_model` also fits the conformal grade
+ranges for a coverage (`conformal.py`) and chooses the referral threshold (`referral.py`) over a
+description of the training images' features; both are stored beside the weights, where `Predictor`
+finds them. When the split is too small for the coverage or the referral rate asked for, that part
+is left out and the report says why.
 """
 
 from __future__ import annotations
@@ -13,18 +19,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from spine_hf.conformal import RANGES_FILE, fit_grade_ranges
 from spine_hf.dataset_folder import decode_split, load_grade_split
 from spine_hf.evaluation import expected_calibration_error
 from spine_hf.inference import Predictor
 from spine_hf.model_folder import ModelFolder
 from spine_hf.outputs import check_new_output, staged_folder
+from spine_hf.referral import DEFAULT_RATE, REFERRAL_FILE, REFERRAL_TENSORS, fit_referral
 
 CALIBRATION_FILE = "calibration.json"
+DEFAULT_COVERAGE = 0.9
+# Training images whose features describe the training distribution, at most (a seeded sample beyond).
+DESCRIBE_LIMIT = 5000
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -46,13 +58,32 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(min(allowed, key=lambda t: (ece_at(logits, labels, t), nll(logits, labels, t))))
 
 
-def calibrate_model(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
-                    split: str = "validation", overwrite: bool = False) -> dict:  # fmt: skip
-    """Fit T on `split`, write a copy of the model folder with T folded in; returns the report."""
+def calibrate_model(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split: str = "validation",
+    coverage: float = DEFAULT_COVERAGE,
+    referral_rate: float = DEFAULT_RATE,
+    describe_split: str = "train",
+    overwrite: bool = False,
+) -> dict:
+    """Fit T, the grade ranges for `coverage` and the referral threshold for `referral_rate` on `split`
+    (the referral's description on up to `DESCRIBE_LIMIT` images of `describe_split`), and write a copy
+    of the model folder with all of them in; returns the report (also written as calibration.json)."""
     check_new_output(out, overwrite)
+    if describe_split == split:
+        raise ValueError(f"--describe-split must differ from --split ({split}): the referral threshold is chosen "
+                         "on images the description has not seen")  # fmt: skip
     rows = load_grade_split(data, split)
+    try:
+        described_rows = load_grade_split(data, describe_split)
+    except ValueError as err:
+        raise ValueError(f"{err}; the referral describes the training images' features: name the split that "
+                         "holds them with --describe-split") from err  # fmt: skip
     predictor = Predictor(model)
-    logits = predictor.logits(decode_split(rows))
+    features, logits = predictor.features(decode_split(rows))
     labels = np.asarray(rows["label"], dtype=np.int64)
     temperature = fit_temperature(logits, labels)
     report = {
@@ -64,8 +95,32 @@ def calibrate_model(model: str | os.PathLike, data: str | os.PathLike, out: str 
         "nll_before": nll(logits, labels),
         "nll_after": nll(logits, labels, temperature),
     }
+    try:
+        ranges = fit_grade_ranges(softmax(logits / temperature, axis=1), labels, coverage, split)
+        widths = np.diff(ranges.ranges(softmax(logits / temperature, axis=1)), axis=1) + 1
+        report["grade_ranges"] = {"coverage": coverage, "threshold": ranges.threshold,
+                                  "mean_width": float(widths.mean())}  # fmt: skip
+    except ValueError as err:
+        ranges, report["grade_ranges"] = None, {"not_fitted": str(err)}
+    if len(described_rows) > DESCRIBE_LIMIT:
+        chosen = np.sort(np.random.default_rng(0).choice(len(described_rows), DESCRIBE_LIMIT, replace=False))
+        described_rows = described_rows.select(chosen)
+    described, _ = predictor.features(decode_split(described_rows))
+    try:
+        referral = fit_referral(described, np.asarray(described_rows["label"]), features, rate=referral_rate,
+                                split=split, described_split=describe_split)  # fmt: skip
+        report["referral"] = {"rate": referral_rate, "threshold": referral.threshold, "described_count": len(described),
+                              "referred_fraction": float(referral.refer(referral.scores(features)).mean())}  # fmt: skip
+    except ValueError as err:
+        referral, report["referral"] = None, {"not_fitted": str(err)}
     with staged_folder(out, overwrite) as staging:
         shutil.copytree(predictor.folder.path, staging, dirs_exist_ok=True)
+        for stale in (RANGES_FILE, REFERRAL_FILE, REFERRAL_TENSORS):  # fitted for the model before this one
+            Path(staging, stale).unlink(missing_ok=True)
         ModelFolder.read(staging).scale_classifier(temperature)
+        if ranges is not None:
+            ranges.save(staging)
+        if referral is not None:
+            referral.save(staging)
         (staging / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -112,10 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT when done")
     evaluate.set_defaults(handler=_evaluate)
 
-    calibrate = commands.add_parser("calibrate", help="fit a temperature on validation and fold it into the model")
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a temperature, grade ranges and the out-of-distribution referral on validation"
+    )
     calibrate.add_argument("--model", required=True, help="model folder or Hub repo id")
     calibrate.add_argument("--data", required=True, help="dataset folder from `spine-hf data convert`")
-    calibrate.add_argument("--split", default="validation")
+    calibrate.add_argument("--split", default="validation", help="split everything is fitted on (default validation)")
+    calibrate.add_argument("--coverage", type=float, default=0.9,
+                           help="share of images whose grade range holds the true grade (default 0.9)")  # fmt: skip
+    calibrate.add_argument("--referral-rate", type=float, default=0.02,
+                           help="share of in-distribution images referred as unlike the training data "
+                           "(default 0.02)")  # fmt: skip
+    calibrate.add_argument("--describe-split", default="train",
+                           help="split whose image features describe the training data (default train)")  # fmt: skip
     calibrate.add_argument("--out", required=True, help="folder for the calibrated copy of the model")
     calibrate.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT once the copy is ready")
     calibrate.set_defaults(handler=_calibrate)
@@ -159,19 +168,46 @@ def _evaluate(args) -> int:
     auc = result["auc_grade_ge_2"]
     print(f"  {'AUC grade>=2':18s} {auc['value']:.4f}  95% CI [{auc['ci95'][0]:.4f}, {auc['ci95'][1]:.4f}]")
     print(f"  {'ECE':18s} {result['ece']:.4f}")
-    print(f"wrote metrics.json, confusion_matrix.png, reliability.png, predictions.csv to {args.out}")
+    if "grade_ranges" in result:
+        ranges = result["grade_ranges"]
+        per_grade = ", ".join("-" if c is None else f"{c:.0%}" for c in ranges["per_grade_coverage"])
+        widths = ", ".join("-" if w is None else f"{w:.2f}" for w in ranges["per_grade_mean_width"])
+        print(f"  grade ranges ({ranges['nominal_coverage']:.0%} nominal): coverage {ranges['coverage']:.1%} "
+              f"[per grade {per_grade}], mean width {ranges['mean_width']:.2f} grades "
+              f"[per grade {widths}]")  # fmt: skip
+    if "referral" in result:
+        referral = result["referral"]
+        print(f"  referred as unlike the training images: {referral['referred_count']} "
+              f"({referral['referred_fraction']:.1%}; threshold {referral['threshold']:.2f})")  # fmt: skip
+    pngs = "confusion_matrix.png, reliability.png" + (", grade_ranges.png" if "grade_ranges" in result else "")
+    print(f"wrote metrics.json, {pngs}, predictions.csv to {args.out}")
     return EXIT_OK
 
 
 def _calibrate(args) -> int:
     from spine_hf.calibration import calibrate_model
 
-    report = calibrate_model(args.model, args.data, args.out, split=args.split, overwrite=args.overwrite)
+    report = calibrate_model(args.model, args.data, args.out, split=args.split, coverage=args.coverage,
+                             referral_rate=args.referral_rate, describe_split=args.describe_split,
+                             overwrite=args.overwrite)  # fmt: skip
     print(
         f"temperature {report['temperature']:.4f} fitted on {report['split']} ({report['count']} images): "
         f"ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}, "
-        f"NLL {report['nll_before']:.4f} -> {report['nll_after']:.4f}; calibrated model in {args.out}"
+        f"NLL {report['nll_before']:.4f} -> {report['nll_after']:.4f}"
     )
+    ranges, referral = report["grade_ranges"], report["referral"]
+    if "not_fitted" in ranges:
+        print(f"grade ranges NOT fitted: {ranges['not_fitted']}")
+    else:
+        print(f"grade ranges for {ranges['coverage']:.0%} coverage: threshold {ranges['threshold']:.4f}, "
+              f"mean width {ranges['mean_width']:.2f} grades on {report['split']}")  # fmt: skip
+    if "not_fitted" in referral:
+        print(f"referral NOT fitted: {referral['not_fitted']}")
+    else:
+        print(f"referral: features of {referral['described_count']} {args.describe_split} images described; "
+              f"threshold {referral['threshold']:.2f} refers {referral['referred_fraction']:.1%} of {report['split']} "
+              f"(rate {referral['rate']:.0%})")  # fmt: skip
+    print(f"calibrated model in {args.out}")
     return EXIT_OK
 
 

@@ -3,6 +3,8 @@
     python app.py --model outputs/quickstart/run/best [--port 7860]      (or: spine-hf app ...)
 
 Research use only, not a medical device. Importing this module starts nothing; `main()` does.
+With a calibrated model folder (`spine-hf calibrate`) the headline also gives the conformal grade
+range, and an image unlike the training radiographs is said to be so instead of being graded.
 Uploads go through the project's decoder (PNG, JPEG, 16-bit PNG, DICOM), never through Gradio's
 image conversion, which would saturate 16-bit images. The server binds 127.0.0.1 unless told
 otherwise, and uploads are limited in size and in pixels.
@@ -20,6 +22,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from spine_hf.conformal import range_text
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.imaging import ImageDecodeError
 from spine_hf.outputs import publish_file
@@ -64,10 +67,12 @@ def grade(file, show_cam: bool, model: str):
         image = predictor.canonical(path)
     except ImageDecodeError as err:
         raise gr.Error(f"{Path(err.name).name}: {err.problem}. {err.fix}") from err
-    probabilities = predictor.probabilities([image])[0]
-    top = int(probabilities.argmax())
-    headline = f"## Grade {top} — {GRADE_NAMES[top]}\n{probabilities[top]:.0%} probability"
-    label = {f"{i} {name}": float(p) for i, (name, p) in enumerate(zip(GRADE_NAMES, probabilities, strict=True))}
+    prediction = predictor.predict([image])[0]
+    top = prediction.grade
+    headline = _headline(prediction)
+    label = {f"{i} {name}": p for i, (name, p) in enumerate(zip(GRADE_NAMES, prediction.probabilities, strict=True))}
+    if prediction.in_distribution is False:
+        label = None  # not shown as if it were a result; the headline says what the model would have said
     shown = image.convert("RGB")
     if show_cam:
         heat, _ = grad_cam(predictor, image, top)
@@ -76,6 +81,24 @@ def grade(file, show_cam: bool, model: str):
         scale = DISPLAY_SIDE / max(shown.size)
         shown = shown.resize((round(shown.width * scale), round(shown.height * scale)), Image.Resampling.LANCZOS)
     return headline, label, _shown_file(shown)
+
+
+def _headline(prediction) -> str:
+    """The grade, its probability and range; or, for an image unlike the training data, a plain refusal."""
+    top, probability = prediction.grade, prediction.probabilities[prediction.grade]
+    if prediction.in_distribution is False:
+        return (
+            "## Not graded: this image does not look like the radiographs the model was trained on\n"
+            f"Do not use its grade (the model would say {top} — {GRADE_NAMES[top]}, {probability:.0%}). "
+            f"Out-of-distribution score {prediction.ood_score:.1f}, above the threshold "
+            f"{prediction.ood_threshold:.1f} chosen on validation radiographs."
+        )
+    text = f"## Grade {top} — {GRADE_NAMES[top]}\n{probability:.0%} probability"
+    if prediction.grade_range is not None:
+        low, high = prediction.grade_range
+        names = GRADE_NAMES[low] if low == high else f"{GRADE_NAMES[low]} to {GRADE_NAMES[high]}"
+        text += f"; {prediction.coverage:.0%} range: {range_text(low, high)} ({names})"
+    return text
 
 
 def _shown_file(image: Image.Image) -> str:
@@ -177,6 +200,11 @@ def build_app(model: str | None = None, examples_dir: str | Path | None = None) 
                 with gr.Column():
                     headline = gr.Markdown()
                     label = gr.Label(num_top_classes=len(GRADE_NAMES), label="Probability of each grade")
+                    gr.Markdown(
+                        "With a model calibrated by `spine-hf calibrate`, the range holds the true grade for the "
+                        "stated share of radiographs like its validation images, and an image unlike its training "
+                        "radiographs is reported as such instead of graded."
+                    )
                     shown = gr.Image(label="Decoded image (Grad-CAM overlay: red = most influential)", type="pil",
                                      interactive=False, height=400)  # fmt: skip
             run.click(grade, inputs=[upload, show_cam, model_box], outputs=[headline, label, shown], api_name="grade")

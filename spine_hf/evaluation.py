@@ -7,6 +7,12 @@ Writes to the output folder:
   the clinically used cut "grade >= 2" from P(grade >= 2); expected calibration error (ECE);
 * ``confusion_matrix.png`` and ``reliability.png`` (with ECE);
 * ``predictions.csv``: file, true grade, predicted grade and the five probabilities per image.
+
+For a model folder with conformal grade ranges (`spine-hf calibrate`), also the ranges' empirical
+coverage and mean width, overall and per true grade (in metrics.json, ``grade_ranges.png``, and each
+image's range in predictions.csv); with a referral, the share of images referred as unlike the
+training radiographs (and each image's score). The ranges are fitted without flip TTA; with it, the
+coverage measured here is of the ranges `predict --flip-tta` shows.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from spine_hf.conformal import coverage_report
 from spine_hf.dataset_folder import decode_split, load_grade_split
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.inference import Predictor
@@ -95,7 +102,9 @@ def evaluate_model(
     check_new_output(out, overwrite)
     rows = load_grade_split(data, split)
     predictor = Predictor(model, batch_size=batch_size)
-    probabilities = predictor.probabilities(decode_split(rows), flip_tta=flip_tta)
+    images = decode_split(rows)
+    outputs = predictor.outputs(images, flip_tta=flip_tta, features=predictor.referral is not None)
+    probabilities = outputs.probabilities
     references = np.asarray(rows["label"], dtype=np.int64)
     files = list(rows["file"]) if "file" in rows.column_names else [str(i) for i in range(len(rows))]
     predictions = probabilities.argmax(axis=1)
@@ -118,16 +127,38 @@ def evaluate_model(
         "ece": ece,
         "confusion_matrix": point["confusion_matrix"],
     }
+    columns = {}  # extra predictions.csv columns, per image
+    if predictor.grade_ranges is not None:
+        ranges = predictor.grade_ranges.ranges(probabilities)  # what `predict` shows, with or without TTA
+        result["grade_ranges"] = {"nominal_coverage": predictor.grade_ranges.coverage,
+                                  **coverage_report(ranges, references)}  # fmt: skip
+        columns |= {"range_low": ranges[:, 0].tolist(), "range_high": ranges[:, 1].tolist()}
+    if predictor.referral is not None:
+        scores = predictor.referral.scores(outputs.features)
+        referred = predictor.referral.refer(scores)
+        result["referral"] = {
+            "threshold": predictor.referral.threshold,
+            "rate": predictor.referral.rate,
+            "referred_fraction": float(referred.mean()),
+            "referred_count": int(referred.sum()),
+        }
+        columns |= {"ood_score": [f"{v:.4f}" for v in scores], "in_distribution": (~referred).tolist()}
     with staged_folder(out, overwrite) as staging:
         (staging / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         with (staging / "predictions.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["file", "true_grade", "predicted_grade", *(f"p_{name}" for name in GRADE_NAMES)])
-            for file, ref, pred, probs in zip(files, references, predictions, probabilities, strict=True):
-                writer.writerow([file, int(ref), int(pred), *(f"{p:.6f}" for p in probs)])
+            writer.writerow(["file", "true_grade", "predicted_grade", *(f"p_{name}" for name in GRADE_NAMES),
+                             *columns])  # fmt: skip
+            for i, (file, ref, pred, probs) in enumerate(
+                zip(files, references, predictions, probabilities, strict=True)
+            ):
+                writer.writerow([file, int(ref), int(pred), *(f"{p:.6f}" for p in probs),
+                                 *(values[i] for values in columns.values())])  # fmt: skip
         matrix = np.asarray(point["confusion_matrix"])
         plot_confusion(matrix, staging / "confusion_matrix.png", f"{split}: {len(references)} images")
         plot_reliability(bins, ece, staging / "reliability.png")
+        if "grade_ranges" in result:
+            plot_grade_ranges(result["grade_ranges"], staging / "grade_ranges.png")
     return result
 
 
@@ -177,5 +208,37 @@ def plot_reliability(bins: list[tuple[float, float, int]], ece: float, path: Pat
     axes.set_title(f"Reliability (ECE {ece:.3f}; numbers = images per bin)")
     axes.legend(loc="upper left")
     figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_grade_ranges(report: dict, path: Path) -> None:
+    """Coverage and mean width of the grade ranges per true grade, beside the nominal coverage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4), dpi=120, layout="constrained")
+    labels = [f"{i} {name}" for i, name in enumerate(GRADE_NAMES)]
+    counts = report["per_grade_count"]
+    coverage = [np.nan if c is None else c for c in report["per_grade_coverage"]]
+    width = [np.nan if w is None else w for w in report["per_grade_mean_width"]]
+    left.bar(labels, coverage, color="#4878d0", edgecolor="black")
+    left.axhline(report["nominal_coverage"], ls="--", color="gray", label=f"nominal {report['nominal_coverage']:.0%}")
+    for x, (value, count) in enumerate(zip(coverage, counts, strict=True)):
+        if count:
+            left.text(x, min(value + 0.02, 1.02), f"{value:.0%}\nn={count}", ha="center", fontsize=8)
+    left.set_ylim(0, 1.1)
+    left.set_ylabel("share of images whose range holds the true grade")
+    left.set_title(f"Coverage (overall {report['coverage']:.1%})")
+    left.legend(loc="lower left")
+    right.bar(labels, width, color="#ee854a", edgecolor="black")
+    right.set_ylim(0, 5)
+    right.set_ylabel("mean range width (grades)")
+    right.set_title(f"Width (overall {report['mean_width']:.2f} grades)")
+    for axes in (left, right):
+        axes.set_xlabel("true grade")
+        axes.tick_params(axis="x", rotation=30)
     figure.savefig(path)
     plt.close(figure)

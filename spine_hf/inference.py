@@ -6,6 +6,11 @@ own loading) and brings images someone else opened to the same form; every image
 and normalised exactly as in training (`preprocessing.Preprocessing`) and scored in batches under
 `torch.inference_mode`. `predict_files` grades a list of files with a result per file, so one bad
 file costs only its own line.
+
+Where `spine-hf calibrate` stored them in the folder, every prediction also carries its conformal
+grade range (`conformal.GradeRanges`) and whether the image looks like the training radiographs
+(`referral.Referral`, from the classifier's input features); a folder without them predicts exactly
+as before.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +29,7 @@ from spine_hf.grades import GRADE_NAMES, NUM_GRADES
 from spine_hf.imaging import ImageDecodeError, decode_image, to_canonical
 from spine_hf.model import resolve_precision
 from spine_hf.model_folder import open_model_folder
+from spine_hf.referral import REFERRAL_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,37 @@ class Prediction:
     grade_name: str
     # Probability of each grade, index = grade.
     probabilities: list[float]
+    # Lowest and highest grade of the conformal range, and the share of images whose range holds their
+    # true grade; None when the model folder has no grade ranges.
+    grade_range: tuple[int, int] | None = None
+    coverage: float | None = None
+    # Distance of the image's features to the training images', the threshold, and whether it is within;
+    # None when the model folder has no referral.
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    in_distribution: bool | None = None
 
     def to_json(self) -> dict:
-        return {"grade": self.grade, "grade_name": self.grade_name, "probabilities": self.probabilities}
+        out = {"grade": self.grade, "grade_name": self.grade_name, "probabilities": self.probabilities}
+        if self.grade_range is not None:
+            out |= {"grade_range": list(self.grade_range), "coverage": self.coverage}
+        if self.in_distribution is not None:
+            out |= {"in_distribution": self.in_distribution, "ood_score": self.ood_score,
+                    "ood_threshold": self.ood_threshold}  # fmt: skip
+            if not self.in_distribution:
+                out["warning"] = REFERRAL_MESSAGE
+        return out
+
+
+class Outputs(NamedTuple):
+    """What the model gives for N images."""
+
+    # N x 5, of each image as it is.
+    logits: np.ndarray
+    # N x 5; averaged with the mirrored image's under flip TTA.
+    probabilities: np.ndarray
+    # N x D: what the classifier layer receives, of each image as it is; None unless asked for.
+    features: np.ndarray | None
 
 
 class Predictor:
@@ -59,6 +94,8 @@ class Predictor:
             raise ValueError(f"{model} predicts {labels}, not the five grades {list(GRADE_NAMES)}")
         self.batch_size = batch_size
         self.precision = resolve_precision(precision, self.device)  # what the model computes in: fp32 or bf16
+        self.grade_ranges = self.folder.grade_ranges
+        self.referral = self.folder.referral
 
     @staticmethod
     def canonical(image) -> Image.Image:
@@ -77,35 +114,75 @@ class Predictor:
         batch = self.preprocessing.normalise(torch.from_numpy(squares)[:, None])
         return batch.contiguous(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     def logits(self, images: Sequence) -> np.ndarray:
         """Raw model outputs, N x 5."""
-        out = [np.zeros((0, NUM_GRADES), dtype=np.float32)]
-        for start in range(0, len(images), self.batch_size):
-            batch = self.pixels(images[start : start + self.batch_size]).to(self.device)
-            out.append(self._forward(batch).float().cpu().numpy())
-        return np.concatenate(out)
+        return self.outputs(images).logits
 
-    @torch.inference_mode()
     def probabilities(self, images: Sequence, flip_tta: bool = False) -> np.ndarray:
         """Grade probabilities, N x 5; with `flip_tta`, averaged with the horizontally flipped image."""
-        out = [np.zeros((0, NUM_GRADES), dtype=np.float32)]
-        for start in range(0, len(images), self.batch_size):
-            batch = self.pixels(images[start : start + self.batch_size]).to(self.device)
-            probs = torch.softmax(self._forward(batch).float(), dim=1)
-            if flip_tta:
-                flipped = self._forward(torch.flip(batch, dims=[3])).float()
-                probs = (probs + torch.softmax(flipped, dim=1)) / 2
-            out.append(probs.cpu().numpy())
-        return np.concatenate(out)
+        return self.outputs(images, flip_tta=flip_tta).probabilities
+
+    def features(self, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier's input (penultimate features, N x D) and the logits (N x 5), from one pass."""
+        outputs = self.outputs(images, features=True)
+        return outputs.features, outputs.logits
+
+    @torch.inference_mode()
+    def outputs(self, images: Sequence, *, flip_tta: bool = False, features: bool = False) -> Outputs:
+        """Logits, probabilities and (with `features`) the feature vectors of `images`, `batch_size` at a time."""
+        out: dict[str, list[np.ndarray]] = {"logits": [], "probabilities": [], "features": []}
+        captured: list[torch.Tensor] = []
+        hook = None
+        if features:  # what the classifier layer receives is the feature vector
+            classifier = self.folder.classifier_module(self.model)
+            hook = classifier.register_forward_pre_hook(lambda _module, args: captured.append(args[0].flatten(1)))
+        try:
+            for start in range(0, len(images), self.batch_size):
+                batch = self.pixels(images[start : start + self.batch_size]).to(self.device)
+                logits = self._forward(batch).float()
+                probs = torch.softmax(logits, dim=1)
+                if features:
+                    out["features"].append(captured.pop().float().cpu().numpy())
+                if flip_tta:
+                    flipped = self._forward(torch.flip(batch, dims=[3])).float()
+                    probs = (probs + torch.softmax(flipped, dim=1)) / 2
+                out["logits"].append(logits.cpu().numpy())
+                out["probabilities"].append(probs.cpu().numpy())
+        finally:
+            if hook is not None:
+                hook.remove()
+        empty = np.zeros((0, NUM_GRADES), dtype=np.float32)
+        return Outputs(
+            np.concatenate([empty, *out["logits"]]),
+            np.concatenate([empty, *out["probabilities"]]),
+            (np.concatenate(out["features"]) if out["features"] else np.zeros((0, 0), np.float32))
+            if features
+            else None,
+        )
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.model(pixel_values=batch).logits
 
     def predict(self, images: Iterable, flip_tta: bool = False) -> list[Prediction]:
-        """One `Prediction` per image."""
-        return [_prediction(p) for p in self.probabilities(list(images), flip_tta=flip_tta)]
+        """One `Prediction` per image, with its grade range and referral where the folder has them."""
+        images = list(images)
+        if not images:
+            return []
+        _, probabilities, features = self.outputs(images, flip_tta=flip_tta, features=self.referral is not None)
+        ranges = self.grade_ranges.ranges(probabilities) if self.grade_ranges else [None] * len(probabilities)
+        scores = self.referral.scores(features) if self.referral else [None] * len(probabilities)
+        return [self._prediction(p, r, s) for p, r, s in zip(probabilities, ranges, scores, strict=True)]
+
+    def _prediction(self, probabilities: np.ndarray, grade_range, ood_score) -> Prediction:
+        top = int(probabilities.argmax())
+        extra = {}
+        if grade_range is not None:
+            extra |= {"grade_range": (int(grade_range[0]), int(grade_range[1])), "coverage": self.grade_ranges.coverage}
+        if ood_score is not None:
+            extra |= {"ood_score": round(float(ood_score), 4), "ood_threshold": round(self.referral.threshold, 4),
+                      "in_distribution": not bool(self.referral.refer(ood_score))}  # fmt: skip
+        return Prediction(top, GRADE_NAMES[top], [round(float(x), 6) for x in probabilities], **extra)
 
     def predict_files(self, files: Sequence, flip_tta: bool = False) -> Iterator[Prediction | ImageDecodeError]:
         """One result per file, in order: a `Prediction`, or the `ImageDecodeError` of a file the decoder
@@ -121,8 +198,3 @@ class Predictor:
                     results.append(err)
             graded = iter(self.predict(images, flip_tta=flip_tta))
             yield from (next(graded) if result is None else result for result in results)
-
-
-def _prediction(probabilities: np.ndarray) -> Prediction:
-    top = int(probabilities.argmax())
-    return Prediction(top, GRADE_NAMES[top], [round(float(x), 6) for x in probabilities])

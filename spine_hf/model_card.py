@@ -85,7 +85,12 @@ Run `spine-hf evaluate` for confidence intervals, a confusion matrix and a relia
 Grades between neighbours (especially "Doubtful") are ambiguous even for expert readers; the
 model inherits the label noise, class imbalance and population of its training data and has not
 been validated prospectively or externally. Probabilities are calibrated only if
-`spine-hf calibrate` was run (see `calibration.json`).
+`spine-hf calibrate` was run (see `calibration.json`). It also stores, where the validation split
+was large enough, conformal grade ranges (`grade_ranges.json`: a range of grades that holds the
+true grade for a stated share of images like the validation ones) and an out-of-distribution
+referral (`referral.json`, `referral.safetensors`: images unlike the training radiographs are
+flagged, and their grade should not be used). `spine_hf.inference.Predictor`, `spine-hf predict` and
+the spine-hf app use them; plain `pipeline()` returns the probabilities only.
 
 ## How to use
 Decode radiographs with spine-hf (16-bit PNG and DICOM saturate in plain PIL loading):

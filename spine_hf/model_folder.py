@@ -5,7 +5,9 @@ for timm backbones, `timm.create_model("local-dir:...")`. Everything else in spi
 module instead of looking inside the folder itself: which library a model name belongs to
 (`resolve_library`), what a saved folder holds (`ModelFolder`, `open_model_folder`: its library, its preprocessing, the
 name of its classifier's weights), writing one (`save_for_hub`), reading its weights back into a
-built model (`load_weights`) and folding a temperature into its classifier (`scale_classifier`).
+built model (`load_weights`), folding a temperature into its classifier (`scale_classifier`), finding
+that classifier in a loaded model (`classifier_module`) and the conformal grade ranges and referral
+description `spine-hf calibrate` stores beside the weights (`grade_ranges`, `referral`).
 
 For timm backbones the folder is timm's own Hub format with two fixes that make it load in
 transformers 5 too: ``model_args`` never repeats ``num_classes`` (TimmWrapper passes it itself and
@@ -24,9 +26,11 @@ from pathlib import Path
 from torch import nn
 
 from spine_hf.config import Config, ModelConfig, config_to_yaml
+from spine_hf.conformal import GradeRanges
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.outputs import staged_folder
 from spine_hf.preprocessing import Preprocessing
+from spine_hf.referral import Referral
 
 CONFIG_FILE = "spine_hf_config.yaml"
 METRICS_FILE = "metrics.json"
@@ -57,6 +61,9 @@ class ModelFolder:
     preprocessing: Preprocessing
     # The classifier's weights are `{classifier}.weight` and `{classifier}.bias` in model.safetensors.
     classifier: str
+    # Conformal grade ranges and the out-of-distribution referral, where `spine-hf calibrate` fitted them.
+    grade_ranges: GradeRanges | None = None
+    referral: Referral | None = None
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ModelFolder:
@@ -65,21 +72,27 @@ class ModelFolder:
         if not config_file.is_file():
             raise FileNotFoundError(f"{path}: no config.json; not a model folder saved by spine-hf or transformers")
         config = json.loads(config_file.read_text())
+        trust = {"grade_ranges": GradeRanges.load(path), "referral": Referral.load(path)}
         if "pretrained_cfg" in config:
             cfg = config["pretrained_cfg"]
             preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
-            return cls(path, "timm", preprocessing, cfg.get("classifier", "classifier"))
+            return cls(path, "timm", preprocessing, cfg.get("classifier", "classifier"), **trust)
         processor = json.loads((path / "preprocessor_config.json").read_text())
         size = processor["size"]
         side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
         preprocessing = Preprocessing(int(side), tuple(processor["image_mean"]), tuple(processor["image_std"]))
-        return cls(path, "transformers", preprocessing, "classifier")
+        return cls(path, "transformers", preprocessing, "classifier", **trust)
 
     def load_model(self) -> nn.Module:
         """The folder as a transformers image classifier (timm folders load as a TimmWrapper)."""
         from transformers import AutoModelForImageClassification
 
         return AutoModelForImageClassification.from_pretrained(str(self.path), trust_remote_code=False)
+
+    def classifier_module(self, model: nn.Module) -> nn.Module:
+        """The classifier layer of what `load_model` returned: its input is the penultimate feature vector."""
+        inner = model.timm_model if self.library == "timm" else model  # TimmWrapper holds the timm model
+        return inner.get_submodule(self.classifier)
 
     def scale_classifier(self, temperature: float) -> None:
         """Divide the classifier's weight and bias by `temperature`, in place: logits / T, nothing else."""

@@ -84,6 +84,24 @@ def trained_model(tmp_path_factory, phantom_split) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trusted_model(tmp_path_factory, trained_model) -> Path:
+    """`trained_model` calibrated on 80 more 64-pixel phantoms split in halves: the referral describes the
+    40 of `train`; the temperature, grade ranges (80 %) and referral threshold (10 %) are fitted on the 40
+    of `validation` (the model folder; its dataset is the folder beside it)."""
+    from spine_hf.calibration import calibrate_model
+    from spine_hf.convert import convert_to_dataset
+    from spine_hf.phantoms import make_phantoms
+    from spine_hf.split import split_dataset
+
+    root = tmp_path_factory.mktemp("trusted")
+    make_phantoms(root / "pool", per_grade=16, seed=21, size=64)
+    split_dataset(root / "pool", root / "split", ratios=(0.5, 0.5, 0.0), seed=0)
+    convert_to_dataset(root / "split", root / "dataset")
+    calibrate_model(trained_model, root / "dataset", root / "calibrated", coverage=0.8, referral_rate=0.1)
+    return root / "calibrated"
+
+
+@pytest.fixture(scope="session")
 def running_app(trained_model, tmp_path_factory):
     """The Gradio app serving `trained_model` on 127.0.0.1 (uploads up to 5 MB): its URL."""
     from spine_hf.demo import build_app

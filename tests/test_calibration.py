@@ -44,3 +44,55 @@ def test_fit_temperature_undoes_a_known_overconfidence():
     scaled = true_logits * 3 / temperature
     ece_fixed, _ = expected_calibration_error(np.exp(scaled) / np.exp(scaled).sum(1, keepdims=True), labels)
     assert ece_fixed < ece_over
+
+
+def test_calibrate_stores_grade_ranges_and_referral_that_the_predictor_uses(trusted_model, trained_model):
+    from spine_hf.conformal import RANGES_FILE
+    from spine_hf.referral import REFERRAL_FILE, REFERRAL_TENSORS
+
+    assert {RANGES_FILE, REFERRAL_FILE, REFERRAL_TENSORS} <= {p.name for p in trusted_model.iterdir()}
+    assert not {RANGES_FILE, REFERRAL_FILE} & {p.name for p in trained_model.iterdir()}
+    report = json.loads((trusted_model / "calibration.json").read_text())
+    assert report["grade_ranges"]["coverage"] == 0.8 and 0 <= report["grade_ranges"]["threshold"] <= 1
+    from spine_hf.dataset_folder import decode_split, load_grade_split
+
+    data = trusted_model.parent / "dataset"
+    assert report["referral"]["rate"] == 0.1
+    assert report["referral"]["described_count"] == len(load_grade_split(data, "train")) == 40
+    assert report["referral"]["referred_fraction"] <= 0.1  # of the split the threshold was chosen on
+    predictor = Predictor(trusted_model)
+    assert predictor.grade_ranges.coverage == 0.8 and predictor.referral.described_split == "train"
+    images = decode_split(load_grade_split(data, "validation"))
+    predictions = predictor.predict(images)
+    for prediction in predictions:
+        low, high = prediction.grade_range
+        assert low <= prediction.grade <= high and prediction.coverage == 0.8
+        assert prediction.in_distribution == (prediction.ood_score <= prediction.ood_threshold)
+    labels = load_grade_split(data, "validation")["label"]
+    covered = [p.grade_range[0] <= y <= p.grade_range[1] for p, y in zip(predictions, labels, strict=True)]
+    assert np.mean(covered) >= 0.8  # on the very images the threshold was fitted on: at least nominal
+
+
+def test_calibrate_on_too_few_images_says_so_and_drops_stale_ranges(trusted_model, trained_model, tmp_path, capsys):
+    from spine_hf.cli import main
+    from spine_hf.conformal import RANGES_FILE
+    from spine_hf.referral import REFERRAL_FILE, REFERRAL_TENSORS
+
+    data = trained_model.parent.parent / "dataset"
+    out = tmp_path / "again"
+    assert main(["calibrate", "--model", str(trusted_model), "--data", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "grade ranges NOT fitted: 5 calibration images are too few for 90% coverage; it needs at least 9" in printed
+    assert "referral NOT fitted: 5 in-distribution images are too few for a 2% referral rate" in printed
+    # The ranges and referral fitted for the previous temperature are not carried over.
+    assert not {RANGES_FILE, REFERRAL_FILE, REFERRAL_TENSORS} & {p.name for p in out.iterdir()}
+    assert Predictor(out).predict([np.zeros((32, 32), np.uint8)])[0].to_json().keys() == {
+        "grade", "grade_name", "probabilities"}  # fmt: skip
+
+
+def test_calibrate_needs_a_separate_split_to_describe(trained_model, tmp_path):
+    data = trained_model.parent.parent / "dataset"
+    with pytest.raises(ValueError, match="must differ"):
+        calibrate_model(trained_model, data, tmp_path / "a", describe_split="validation")
+    with pytest.raises(ValueError, match="--describe-split"):
+        calibrate_model(trained_model, data, tmp_path / "b", describe_split="training")

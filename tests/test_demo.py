@@ -40,6 +40,29 @@ def test_app_grades_png_16bit_png_and_dicom_like_predict(running_app, trained_mo
         assert f"Grade {cli['grade']} — {cli['grade_name']}" in headline
 
 
+def test_app_shows_the_grade_range_and_refers_a_noise_frame(running_app, trusted_model, phantom_split, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from spine_hf.inference import Predictor
+
+    client = Client(running_app, verbose=False)
+    predictor = Predictor(trusted_model)
+    phantom = next(
+        p for p in sorted((phantom_split / "test").rglob("*.png")) if predictor.predict([p])[0].in_distribution
+    )
+    expected = predictor.predict([phantom])[0]
+    headline, _label, _image = client.predict(handle_file(str(phantom)), False, str(trusted_model), api_name="/grade")
+    low, high = expected.grade_range
+    assert headline.startswith(f"## Grade {expected.grade} — {expected.grade_name}")
+    assert f"80% range: {low}-{high}" in headline if low < high else f"80% range: {low} (" in headline
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)).save(noise)
+    headline, label, _image = client.predict(handle_file(str(noise)), True, str(trusted_model), api_name="/grade")
+    assert headline.startswith("## Not graded: this image does not look like the radiographs the model was trained on")
+    assert "Do not use its grade" in headline and "Grade " not in headline.split("\n")[0]
+    assert not (label or {}).get("confidences")  # no grade probabilities presented as a result
+
+
 def test_app_shows_loading_and_decoding_errors_instead_of_crashing(running_app, trained_model, tmp_path):
     from gradio_client import Client, handle_file
 

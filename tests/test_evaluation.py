@@ -31,6 +31,9 @@ def test_evaluate_writes_metrics_with_intervals_plots_and_csv(trained_model, tmp
     for png in ("confusion_matrix.png", "reliability.png"):
         with Image.open(out / png) as image:
             assert image.size[0] > 400 and image.size[1] > 400
+    # Nothing calibrated: no ranges, no referral, the files and columns as before.
+    assert "grade_ranges" not in result and "referral" not in result and not (out / "grade_ranges.png").exists()
+    assert "range_low" not in rows[0] and "ood_score" not in rows[0]
 
 
 def test_evaluate_and_calibrate_replace_a_non_empty_folder_only_with_overwrite(trained_model, tmp_path, capsys):
@@ -67,3 +70,27 @@ def test_flip_tta_averages_the_image_and_its_mirror(trained_model, tmp_path):
     mirrored = predictor.probabilities([ImageOps.mirror(image) for image in images])
     np.testing.assert_allclose(written, (plain + mirrored) / 2, atol=1e-4)
     assert np.abs(written - plain).max() > 1e-3  # the mirror really changed what was scored
+
+
+def test_evaluate_measures_the_grade_ranges_and_the_referral(trusted_model, tmp_path, capsys):
+    data = trusted_model.parent / "dataset"
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(trusted_model), "--data", str(data), "--split", "train",
+                 "--out", str(out), "--bootstrap", "20"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "grade ranges (80% nominal): coverage" in printed and "referred as unlike the training images" in printed
+    result = json.loads((out / "metrics.json").read_text())
+    ranges, referral = result["grade_ranges"], result["referral"]
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    covered = [int(r["range_low"]) <= int(r["true_grade"]) <= int(r["range_high"]) for r in rows]
+    widths = [int(r["range_high"]) - int(r["range_low"]) + 1 for r in rows]
+    assert ranges["nominal_coverage"] == 0.8 and ranges["coverage"] == np.mean(covered) >= 0.8
+    assert ranges["mean_width"] == np.mean(widths)
+    for grade in range(5):
+        mine = [c for c, r in zip(covered, rows, strict=True) if int(r["true_grade"]) == grade]
+        assert ranges["per_grade_count"][grade] == len(mine)
+        assert ranges["per_grade_coverage"][grade] == (np.mean(mine) if mine else None)
+    assert referral["referred_count"] == sum(r["in_distribution"] == "False" for r in rows)
+    assert referral["referred_fraction"] == referral["referred_count"] / len(rows)
+    with Image.open(out / "grade_ranges.png") as image:
+        assert image.size[0] > 800 and image.size[1] > 400

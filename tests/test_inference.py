@@ -90,3 +90,65 @@ def test_precision_auto_is_bf16_exactly_where_the_hardware_has_it(trained_model)
     assert Predictor(trained_model).precision == "fp32"
     with pytest.raises(ValueError, match="precision must be one of"):
         Predictor(trained_model, precision="fp16")
+
+
+def test_a_folder_without_ranges_or_referral_predicts_exactly_as_before(trained_model, same_picture):
+    predictor = Predictor(trained_model)
+    assert predictor.grade_ranges is None and predictor.referral is None
+    prediction = predictor.predict([same_picture["png"]])[0]
+    assert prediction.to_json().keys() == {"grade", "grade_name", "probabilities"}
+    assert prediction.grade_range is None and prediction.in_distribution is None
+    np.testing.assert_allclose(prediction.probabilities, predictor.probabilities([same_picture["png"]])[0], atol=1e-6)
+
+
+def test_predict_prints_the_range_and_refers_a_noise_frame(trusted_model, phantom_split, tmp_path, capsys):
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)).save(noise)
+    phantoms = [str(p) for p in sorted((phantom_split / "test").rglob("*.png"))]
+    assert main(["predict", "--model", str(trusted_model), *phantoms, str(noise)]) == 0
+    *graded, frame = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    for line in graded:
+        low, high = line["grade_range"]
+        assert low <= line["grade"] <= high and line["coverage"] == 0.8
+        assert line["in_distribution"] == (line["ood_score"] <= line["ood_threshold"])
+        assert ("warning" in line) == (not line["in_distribution"])
+    assert sum(line["in_distribution"] for line in graded) >= len(graded) - 1  # phantoms, like its training images
+    assert frame["in_distribution"] is False and frame["ood_score"] > 2 * frame["ood_threshold"]
+    assert "does not look like the radiographs the model was trained on" in frame["warning"]
+    assert frame["grade_name"] == GRADE_NAMES[frame["grade"]]  # still there for scripts, flagged
+
+
+def test_pipeline_is_unchanged_by_the_ranges_and_referral(trusted_model, phantom_split):
+    from transformers import pipeline
+
+    files = sorted((phantom_split / "test").rglob("*.png"))[:3]
+    ours = Predictor(trusted_model).predict(files)
+    theirs = pipeline("image-classification", model=str(trusted_model), top_k=5)([decode_image(f) for f in files])
+    for mine, scores in zip(ours, theirs, strict=True):
+        by_name = {s["label"]: s["score"] for s in scores}
+        np.testing.assert_allclose(mine.probabilities, [by_name[n] for n in GRADE_NAMES], atol=2e-3)
+        assert set(by_name) == set(GRADE_NAMES)
+
+
+@pytest.mark.parametrize("kind", ["timm", "transformers"])
+def test_features_are_what_the_classifier_layer_receives(kind, tmp_path, phantom_split):
+    import torch
+
+    from spine_hf.config import Config, ModelConfig
+    from spine_hf.model import build_model
+    from spine_hf.model_folder import save_for_hub
+
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(name="test_resnet", image_size=64) if kind == "timm" else ModelConfig(
+        name="vit", library="transformers", image_size=32, overrides={"hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 8})  # fmt: skip
+    cfg = Config(model=model_cfg)
+    model, preprocessing = build_model(cfg.model)
+    predictor = Predictor(save_for_hub(model, cfg, preprocessing, tmp_path / kind), batch_size=3)
+    files = sorted((phantom_split / "train").rglob("*.png"))[:5]
+    features, logits = predictor.features(files)
+    assert features.shape == (5, 96 if kind == "timm" else 32)
+    classifier = predictor.folder.classifier_module(predictor.model)
+    weight, bias = classifier.weight.detach().numpy(), classifier.bias.detach().numpy()
+    np.testing.assert_allclose(features @ weight.T + bias, logits, atol=1e-4)
+    np.testing.assert_allclose(logits, predictor.logits(files), atol=1e-5)
