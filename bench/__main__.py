@@ -2,9 +2,11 @@
 
     python -m bench all     [--data DIR] [--model resnet18] [--image-size 224] [--batch-size 32] [--json FILE]
     python -m bench train | predict | convert | loader | quality | large
+    python -m bench trust --data DIR --model-dir MODEL
 
 * train, predict, convert: `bench.speed`; loader: `bench.loader`; quality: `bench.quality`;
-  large: `bench.large` (full-size radiographs, two training processes); all: convert, train,
+  large: `bench.large` (full-size radiographs, two training processes); trust: `bench.trust`
+  (grade ranges' coverage and the referral, for a model trained on DIR); all: convert, train,
   predict and loader.
 
 Every arm runs in this process, on this machine, one after the other, so the ratios compare like with
@@ -26,16 +28,17 @@ from bench.loader import bench_loader
 from bench.quality import bench_quality
 from bench.report import Report, machine_context
 from bench.speed import bench_convert, bench_predict, bench_train
+from bench.trust import bench_trust
 
 COMMANDS = {"train": bench_train, "predict": bench_predict, "convert": bench_convert, "quality": bench_quality,
-            "loader": bench_loader, "large": bench_large}  # fmt: skip
+            "loader": bench_loader, "large": bench_large, "trust": bench_trust}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "what",
-        choices=["train", "predict", "convert", "loader", "quality", "large", "all"],
+        choices=["train", "predict", "convert", "loader", "quality", "large", "trust", "all"],
         help="all = convert, train, predict and loader (quality takes about 45 minutes on its own; "
         "large about 30 the first time, 10 once its data exist)",
     )
@@ -47,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", default="outputs/bench", help="scratch folder (datasets, model folders)")
     parser.add_argument("--steps", type=int, default=32, help="timed training steps per arm (train)")
     parser.add_argument("--repeats", type=int, default=20, help="timed one-image predictions per arm (predict)")
-    parser.add_argument("--model-dir", help="a saved model folder for predict (default: random weights)")
+    parser.add_argument("--model-dir", help="a saved model folder for predict (default: random weights); "
+                        "for trust, a model trained on --data (required)")  # fmt: skip
+    parser.add_argument("--halvings", type=int, default=20, help="random halvings of validation by patient (trust)")
     parser.add_argument("--budget-minutes", type=float, default=19.0, help="training minutes per recipe (quality)")
     parser.add_argument("--loader-images", type=int, default=2000, help="training images the loader bench uses")
     parser.add_argument(
@@ -69,7 +74,7 @@ def run(args) -> Report:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tree, described = prepare_tree(args, work)
-    if args.image_size is None and args.what != "quality":
+    if args.image_size is None and args.what not in ("quality", "trust"):  # trust: the model folder's own size
         args.image_size = 224
     report = Report({**machine_context(args), "data": described})
     print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}), "

@@ -116,3 +116,24 @@ def test_bench_large_runs_two_processes_twice(phantom_split, tmp_path):
                            "large.second_process_adds_vs_cache", "large.epoch_vs_model_only",
                            "large.data_path_vs_model_only"}  # fmt: skip
     assert all(math.isfinite(entry["value"]) for entry in ratios.values())
+
+
+@pytest.mark.slow
+def test_bench_trust_measures_coverage_and_referral(trusted_model, trained_model, tmp_path, capsys):
+    tree = trusted_model.parent / "split"  # 40 training and 40 validation phantoms
+    args = ["trust", "--data", str(tree), "--model-dir", str(trained_model), "--halvings", "3",
+            "--work", str(tmp_path / "work"), "--json", str(tmp_path / "trust.json")]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "trust.json").read_text())
+    ratios, numbers = result["ratios"], result["numbers"]
+    for kind in ("phantoms", "photos", "inverted", "rotated", "blank_noise"):
+        assert 0 <= ratios[f"trust.auroc_{kind}"]["value"] <= 1 and f"trust.auroc_{kind}" in printed
+        assert set(numbers["trust.auroc"]) == {"max_softmax", "energy", "mahalanobis"}
+    for coverage in (80, 90, 95):
+        assert 0 <= ratios[f"trust.coverage_gap_{coverage}"]["value"] <= 1
+    assert numbers["trust.counts"]["validation"] == 40 and numbers["trust.counts"]["photos"] == 200
+    shipped = numbers["trust.ranges"]["shipped@0.9"]
+    assert 1 <= shipped["mean_width"] <= 5 and len(shipped["per_grade_mean_width"]) == 5
+    # Halves of 20 images hold too few for 1 % and 2 % referral rates: those are not measured, not made up.
+    assert list(numbers["trust.referred"]) == ["0.05"] and ratios["trust.referred_validation"]["value"] is None
