@@ -48,3 +48,29 @@ def test_push_refuses_a_folder_without_a_model_card(trained_model, tmp_path):
     (copy / "README.md").unlink()
     with pytest.raises(ValueError, match="model card"):
         push(copy, "me/spine", dry_run=True)
+
+
+def test_grade_ranges_and_referral_travel_with_push_and_load_by_repo_id(trusted_model, phantom_split, tmp_path,
+                                                                       monkeypatch, capsys):  # fmt: skip
+    """The files `calibrate` adds are uploaded with the folder and found again by a Hub repo id."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from spine_hf.cli import main
+    from spine_hf.inference import Predictor
+
+    assert main(["push", "--model", str(trusted_model), "--repo-id", "me/spine", "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("grade_ranges.json", "referral.json", "referral.safetensors", "calibration.json"):
+        assert name in listed
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--spine-org--trusted"
+    shutil.copytree(trusted_model, repo / "snapshots" / commit)  # as huggingface_hub lays out a download
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    files = sorted((phantom_split / "test").rglob("*.png"))[:3]
+    by_id, local = Predictor("spine-org/trusted").predict(files), Predictor(trusted_model).predict(files)
+    assert [p.to_json() for p in by_id] == [p.to_json() for p in local]
+    assert all(p.grade_range is not None and p.in_distribution is not None for p in by_id)
