@@ -39,15 +39,26 @@ def test_every_format_of_the_same_picture_gets_the_same_grade(trained_model, sam
     assert sum(results["png"].probabilities) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_predictor_matches_pipeline(trained_model, phantom_split):
+@pytest.mark.parametrize("folder", ["trained_model", "trusted_model"])
+def test_predictor_matches_pipeline(folder, phantom_split, request):
+    """Also for a folder with grade ranges and referral: pipeline() does not read them and is unchanged."""
     from transformers import pipeline
 
+    model = request.getfixturevalue(folder)
     files = sorted((phantom_split / "test").rglob("*.png"))[:4]
-    ours = Predictor(trained_model).predict(files)
-    theirs = pipeline("image-classification", model=str(trained_model), top_k=5)([decode_image(f) for f in files])
+    ours = Predictor(model).predict(files)
+    theirs = pipeline("image-classification", model=str(model), top_k=5)([decode_image(f) for f in files])
     for mine, scores in zip(ours, theirs, strict=True):
         by_name = {s["label"]: s["score"] for s in scores}
         np.testing.assert_allclose(mine.probabilities, [by_name[n] for n in GRADE_NAMES], atol=2e-3)
+    if folder == "trusted_model":  # the same folder without the files: pipeline() says exactly the same
+        import shutil
+
+        bare = request.getfixturevalue("tmp_path") / "bare"
+        shutil.copytree(model, bare)
+        for name in ("grade_ranges.json", "referral.json", "referral.safetensors"):
+            (bare / name).unlink()
+        assert pipeline("image-classification", model=str(bare), top_k=5)([decode_image(f) for f in files]) == theirs
 
 
 def test_predict_cli_writes_one_json_line_per_file_and_reports_bad_ones(trained_model, same_picture, tmp_path,
@@ -116,18 +127,6 @@ def test_predict_prints_the_range_and_refers_a_noise_frame(trusted_model, phanto
     assert frame["in_distribution"] is False and frame["ood_score"] > 2 * frame["ood_threshold"]
     assert "does not look like the radiographs the model was trained on" in frame["warning"]
     assert frame["grade_name"] == GRADE_NAMES[frame["grade"]]  # still there for scripts, flagged
-
-
-def test_pipeline_is_unchanged_by_the_ranges_and_referral(trusted_model, phantom_split):
-    from transformers import pipeline
-
-    files = sorted((phantom_split / "test").rglob("*.png"))[:3]
-    ours = Predictor(trusted_model).predict(files)
-    theirs = pipeline("image-classification", model=str(trusted_model), top_k=5)([decode_image(f) for f in files])
-    for mine, scores in zip(ours, theirs, strict=True):
-        by_name = {s["label"]: s["score"] for s in scores}
-        np.testing.assert_allclose(mine.probabilities, [by_name[n] for n in GRADE_NAMES], atol=2e-3)
-        assert set(by_name) == set(GRADE_NAMES)
 
 
 @pytest.mark.parametrize("kind", ["timm", "transformers"])
