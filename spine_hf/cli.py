@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_PROBLEMS
-    if args.handler in (_evaluate, _calibrate, _predict, _push):
+    if args.handler in (_evaluate, _calibrate, _predict, _push, _export):
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # "Loading weights" bars would mix with the output
@@ -129,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT once the copy is ready")
     calibrate.set_defaults(handler=_calibrate)
 
+    export = commands.add_parser("export", help="export a model folder to ONNX (fp32 or int8), checked against PyTorch")
+    export.add_argument("--model", required=True, help="model folder or Hub repo id")
+    export.add_argument("--onnx", required=True, metavar="OUT", help="folder to write the ONNX model into")
+    export.add_argument(
+        "--int8", action="store_true", help="quantise to int8 with ONNX Runtime (needs --calibration-data)"
+    )
+    export.add_argument(
+        "--calibration-data", help="dataset folder: int8 ranges from its train split, the check on validation"
+    )
+    export.add_argument("--calibration-split", default="train", help="split the int8 ranges come from (default train)")
+    export.add_argument(
+        "--check-split", default="validation", help="split the export is checked on (default validation)"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT once the export is ready")
+    export.set_defaults(handler=_export)
+
     predict = commands.add_parser("predict", help="grade image files: one JSON line per file")
     predict.add_argument("--model", required=True, help="model folder or Hub repo id")
     predict.add_argument("files", nargs="+", help="PNG, JPEG, 16-bit PNG or DICOM files")
@@ -208,6 +224,20 @@ def _calibrate(args) -> int:
               f"threshold {referral['threshold']:.2f} refers {referral['referred_fraction']:.1%} of {report['split']} "
               f"(rate {referral['rate']:.0%})")  # fmt: skip
     print(f"calibrated model in {args.out}")
+    return EXIT_OK
+
+
+def _export(args) -> int:
+    from spine_hf.export import export_onnx
+
+    report = export_onnx(args.model, args.onnx, int8=args.int8, calibration_data=args.calibration_data,
+                         calibration_split=args.calibration_split, check_split=args.check_split,
+                         overwrite=args.overwrite)  # fmt: skip
+    check = report["check"]
+    qwk = f"; QWK {check['qwk_pytorch']:.4f} (PyTorch) vs {check['qwk_onnx']:.4f}" if "qwk_onnx" in check else ""
+    print(f"{report['precision']} ONNX model in {args.onnx} ({report['seconds']:.0f} s). Checked on "
+          f"{check['count']} images ({check['images']}): max |dp| {check['max_abs_probability_difference']:.2e}, "
+          f"same grade for {check['same_grade_share']:.2%}{qwk}")  # fmt: skip
     return EXIT_OK
 
 
