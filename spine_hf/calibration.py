@@ -25,7 +25,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from spine_hf.conformal import RANGES_FILE, fit_grade_ranges
+from spine_hf.conformal import RANGES_FILE, coverage_report, fit_grade_ranges
 from spine_hf.dataset_folder import decode_split, load_grade_split
 from spine_hf.evaluation import expected_calibration_error
 from spine_hf.inference import Predictor
@@ -96,10 +96,10 @@ def calibrate_model(
         "nll_after": nll(logits, labels, temperature),
     }
     try:
-        ranges = fit_grade_ranges(softmax(logits / temperature, axis=1), labels, coverage, split)
-        widths = np.diff(ranges.ranges(softmax(logits / temperature, axis=1)), axis=1) + 1
-        report["grade_ranges"] = {"coverage": coverage, "threshold": ranges.threshold,
-                                  "mean_width": float(widths.mean())}  # fmt: skip
+        probabilities = softmax(logits / temperature, axis=1)
+        ranges = fit_grade_ranges(probabilities, labels, coverage, split)
+        width = coverage_report(ranges.ranges(probabilities), labels)["mean_width"]
+        report["grade_ranges"] = {"coverage": coverage, "threshold": ranges.threshold, "mean_width": width}
     except ValueError as err:
         ranges, report["grade_ranges"] = None, {"not_fitted": str(err)}
     if len(described_rows) > DESCRIBE_LIMIT:

@@ -76,9 +76,9 @@ def fit_threshold(probabilities: np.ndarray, labels: np.ndarray, coverage: float
     scores = np.sort([score(row, int(label)) for row, label in zip(probabilities, labels, strict=True)])
     rank = conformal_rank(len(scores), coverage)
     if rank > len(scores):
-        needed = next(n for n in itertools.count(1) if conformal_rank(n, coverage) <= n)
         raise ValueError(
-            f"{len(scores)} calibration images are too few for {coverage:.0%} coverage; it needs at least {needed}"
+            f"{len(scores)} calibration images are too few for {coverage:.0%} coverage; "
+            f"it needs at least {fewest_images(coverage)}"
         )
     return float(scores[rank - 1])
 
@@ -87,6 +87,11 @@ def conformal_rank(count: int, level: float) -> int:
     """``ceil((count + 1) * level)``: the rank (from 1) of the calibration score that is the threshold
     (float rounding of the product must not push it up one: 10 * 0.9 is 9, not 10)."""
     return math.ceil((count + 1) * level - 1e-9)
+
+
+def fewest_images(level: float) -> int:
+    """The smallest calibration set whose `conformal_rank` at `level` is one of its own scores."""
+    return next(n for n in itertools.count(1) if conformal_rank(n, level) <= n)
 
 
 def grade_range(probabilities: np.ndarray, threshold: float) -> tuple[int, int]:

@@ -97,10 +97,8 @@ def _export_graph(predictor: Predictor, path: Path) -> None:
     from torch import nn
 
     model = predictor.folder.load_model().eval()
-    classifier = predictor.folder.classifier_module(model)
     # The model without its classifier layer returns the layer's input: the features.
-    inner = model.timm_model if predictor.folder.library == "timm" else model
-    inner.set_submodule(predictor.folder.classifier, nn.Identity())
+    classifier = predictor.folder.replace_classifier(model, nn.Identity())
 
     class LogitsAndFeatures(nn.Module):
         def __init__(self):
@@ -124,7 +122,7 @@ def _quantise(path: Path, predictor: Predictor, images: list) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = [predictor.pixels(images[i : i + 16]).contiguous().numpy() for i in range(0, len(images), 16)]
+    batches = _pixel_batches(predictor, images, 16)
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -152,8 +150,8 @@ def _parity(predictor: Predictor, path: Path, images: list, labels: np.ndarray |
 
     session = onnx_session(path)
     theirs = predictor.probabilities(images)
-    pixels = [predictor.pixels(images[i : i + 64]).contiguous().numpy() for i in range(0, len(images), 64)]
-    ours = np.concatenate([softmax(session.run(["logits"], {"pixel_values": p})[0], axis=1) for p in pixels])
+    batches = _pixel_batches(predictor, images, 64)
+    ours = np.concatenate([softmax(session.run(["logits"], {"pixel_values": b})[0], axis=1) for b in batches])
     check = {
         "images": checked_on,
         "count": len(images),
@@ -164,6 +162,11 @@ def _parity(predictor: Predictor, path: Path, images: list, labels: np.ndarray |
         check["qwk_pytorch"] = compute_grading_metrics(theirs.argmax(1), labels)["qwk"]
         check["qwk_onnx"] = compute_grading_metrics(ours.argmax(1), labels)["qwk"]
     return check
+
+
+def _pixel_batches(predictor: Predictor, images: list, size: int) -> list[np.ndarray]:
+    """The graph's input for `images`, `size` at a time (what the Predictor feeds PyTorch)."""
+    return [predictor.pixels(images[i : i + size]).contiguous().numpy() for i in range(0, len(images), size)]
 
 
 def _check_images(data, split: str) -> tuple[list, np.ndarray | None, str]:

@@ -152,13 +152,10 @@ class Predictor:
             if hook is not None:
                 hook.remove()
         empty = np.zeros((0, NUM_GRADES), dtype=np.float32)
-        return Outputs(
-            np.concatenate([empty, *out["logits"]]),
-            np.concatenate([empty, *out["probabilities"]]),
-            (np.concatenate(out["features"]) if out["features"] else np.zeros((0, 0), np.float32))
-            if features
-            else None,
-        )
+        vectors = None
+        if features:  # no images: no feature width to give either
+            vectors = np.concatenate(out["features"]) if out["features"] else np.zeros((0, 0), np.float32)
+        return Outputs(np.concatenate([empty, *out["logits"]]), np.concatenate([empty, *out["probabilities"]]), vectors)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

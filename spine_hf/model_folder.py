@@ -91,8 +91,16 @@ class ModelFolder:
 
     def classifier_module(self, model: nn.Module) -> nn.Module:
         """The classifier layer of what `load_model` returned: its input is the penultimate feature vector."""
-        inner = model.timm_model if self.library == "timm" else model  # TimmWrapper holds the timm model
-        return inner.get_submodule(self.classifier)
+        return self._classifier_owner(model).get_submodule(self.classifier)
+
+    def replace_classifier(self, model: nn.Module, module: nn.Module) -> nn.Module:
+        """Put `module` where the classifier layer of a loaded model is; returns the layer it replaced."""
+        layer = self.classifier_module(model)
+        self._classifier_owner(model).set_submodule(self.classifier, module)
+        return layer
+
+    def _classifier_owner(self, model: nn.Module) -> nn.Module:
+        return model.timm_model if self.library == "timm" else model  # TimmWrapper holds the timm model
 
     def scale_classifier(self, temperature: float) -> None:
         """Divide the classifier's weight and bias by `temperature`, in place: logits / T, nothing else."""

@@ -14,7 +14,6 @@ features are what that layer receives. Temperature scaling does not change them.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spine_hf.conformal import conformal_rank
+from spine_hf.conformal import conformal_rank, fewest_images
 
 # Written by `spine-hf calibrate` next to config.json; a folder without them predicts without referral.
 REFERRAL_FILE = "referral.json"
@@ -73,10 +72,9 @@ def outlier_threshold(scores: np.ndarray, rate: float) -> float:
     ordered = np.sort(np.asarray(scores, dtype=np.float64))
     rank = conformal_rank(len(ordered), 1 - rate)
     if rank > len(ordered):
-        needed = next(n for n in itertools.count(1) if conformal_rank(n, 1 - rate) <= n)
         raise ValueError(
             f"{len(ordered)} in-distribution images are too few for a {rate:.0%} referral rate; "
-            f"it needs at least {needed}"
+            f"it needs at least {fewest_images(1 - rate)}"
         )
     return float(ordered[rank - 1])
 
