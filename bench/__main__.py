@@ -1,10 +1,10 @@
 """`python -m bench`: spine-hf's benchmarks, from a checkout of the repository.
 
     python -m bench all     [--data DIR] [--model resnet18] [--image-size 224] [--batch-size 32] [--json FILE]
-    python -m bench train | predict | convert | loader | quality | large
+    python -m bench train | predict | cold | convert | loader | quality | large
     python -m bench trust --data DIR --model-dir MODEL
 
-* train, predict, convert: `bench.speed`; loader: `bench.loader`; quality: `bench.quality`;
+* train, predict, cold, convert: `bench.speed`; loader: `bench.loader`; quality: `bench.quality`;
   large: `bench.large` (full-size radiographs, two training processes); trust: `bench.trust`
   (grade ranges' coverage and the referral, for a model trained on DIR); all: convert, train,
   predict and loader.
@@ -27,19 +27,19 @@ from bench.large import bench_large
 from bench.loader import bench_loader
 from bench.quality import bench_quality
 from bench.report import Report, machine_context
-from bench.speed import bench_convert, bench_predict, bench_train
+from bench.speed import bench_cold, bench_convert, bench_predict, bench_train
 from bench.trust import bench_trust
 
-COMMANDS = {"train": bench_train, "predict": bench_predict, "convert": bench_convert, "quality": bench_quality,
-            "loader": bench_loader, "large": bench_large, "trust": bench_trust}  # fmt: skip
+COMMANDS = {"train": bench_train, "predict": bench_predict, "cold": bench_cold, "convert": bench_convert,
+            "quality": bench_quality, "loader": bench_loader, "large": bench_large, "trust": bench_trust}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "what",
-        choices=["train", "predict", "convert", "loader", "quality", "large", "trust", "all"],
-        help="all = convert, train, predict and loader (quality takes about 45 minutes on its own; "
+        choices=["train", "predict", "cold", "convert", "loader", "quality", "large", "trust", "all"],
+        help="all = convert, train, predict, cold and loader (quality takes about 45 minutes on its own; "
         "large about 30 the first time, 10 once its data exist)",
     )
     parser.add_argument("--data", help="split tree of grade folders to run on (default: synthetic phantoms)")
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", default="outputs/bench", help="scratch folder (datasets, model folders)")
     parser.add_argument("--steps", type=int, default=32, help="timed training steps per arm (train)")
     parser.add_argument("--repeats", type=int, default=20, help="timed one-image predictions per arm (predict)")
+    parser.add_argument("--cold-runs", type=int, default=5, help="whole-process runs per arm (cold)")
     parser.add_argument("--model-dir", help="a saved model folder for predict (default: random weights); "
                         "for trust, a model trained on --data (required)")  # fmt: skip
     parser.add_argument("--halvings", type=int, default=20, help="random halvings of validation by patient (trust)")
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> Report:
-    """Run `args.what` ("all" = convert, train, predict, loader) and print/write the report."""
+    """Run `args.what` ("all" = convert, train, predict, cold, loader) and print/write the report."""
     import datasets
     import torch
 
@@ -80,7 +81,7 @@ def run(args) -> Report:
     print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {described}")  # fmt: skip
     start = time.perf_counter()
-    for name in ("convert", "train", "predict", "loader") if args.what == "all" else (args.what,):
+    for name in ("convert", "train", "predict", "cold", "loader") if args.what == "all" else (args.what,):
         COMMANDS[name](args, report, work, tree)
     report.number("total_seconds", time.perf_counter() - start)
     print(f"\nsummary ({time.perf_counter() - start:.0f} s):")

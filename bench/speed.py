@@ -3,7 +3,9 @@
 * train:   images/s of the project's training step fed by its data path vs the same step on one batch
            kept in memory; the step's achieved FLOP/s vs this machine's dense-matmul FLOP/s; and the
            usual recipe's data path (PIL decode + transforms per sample, `bench.baseline`) on the same step.
-* predict: `Predictor` vs `transformers.pipeline("image-classification")` on one saved folder.
+* predict: `Predictor` vs `transformers.pipeline("image-classification")` on one saved folder: PyTorch
+           fp32 and bf16, and the folder exported to ONNX (fp32 and int8) on ONNX Runtime.
+* cold:    whole processes: `spine-hf predict one.png` (torch, onnx) vs a plain pipeline() script.
 * convert: grade folders -> saved DatasetDict, images/s vs a plain PIL decode loop over the same files.
 """
 
@@ -21,6 +23,7 @@ import torch
 
 from bench.data import ensure_dataset, random_model_folder, recipe_config, validation_folder
 from bench.report import Report, forward_flops, matmul_flops_per_second, median_seconds
+from spine_hf.grades import GRADE_NAMES
 
 
 class ProjectStep:
@@ -183,51 +186,63 @@ def bench_predict(args, report: Report, work: Path, tree: Path) -> None:
     if not files:
         raise ValueError(f"bench predict needs PNG files under {validation_folder(tree)}")
     files = (files * math.ceil(64 / len(files)))[:64]  # a small validation split is reused to fill the batch
+    exported = onnx_folders(folder, tree, work)
     print(f"\npredict: {folder} (one image: median of {args.repeats}; 64 images: median of 3)")
-    ours = Predictor(folder, batch_size=64)
-    ours_bf16 = Predictor(folder, batch_size=64, precision="bf16")
+    ours = {"fp32": Predictor(folder, batch_size=64), "bf16": Predictor(folder, batch_size=64, precision="bf16"),
+            **{name: Predictor(path, batch_size=64) for name, path in exported.items()}}  # fmt: skip
     # The same device for both (pipeline() alone would stay on the CPU of a GPU machine).
-    classify = pipeline("image-classification", model=str(folder), top_k=5, device=ours.device)
-    for warm in (ours.predict, ours_bf16.predict, classify):
+    classify = pipeline("image-classification", model=str(folder), top_k=5, device=ours["fp32"].device)
+    arms = {"pipeline": classify, **{name: predictor.predict for name, predictor in ours.items()}}
+    for warm in arms.values():
         warm(files[:2])
-    one = {"pipeline": [], "fp32": [], "bf16": []}
+    one = {name: [] for name in arms}
     for _ in range(args.repeats):  # interleaved, one call each in turn
-        for name, call in (("pipeline", lambda: classify(files[0])), ("fp32", lambda: ours.predict(files[:1])),
-                           ("bf16", lambda: ours_bf16.predict(files[:1]))):  # fmt: skip
+        for name, call in arms.items():
             start = time.perf_counter()
-            call()
+            call(files[0] if name == "pipeline" else files[:1])
             one[name].append(time.perf_counter() - start)
     one_ms = {name: 1e3 * statistics.median(times) for name, times in one.items()}
-    batch = {
-        "pipeline": median_seconds(lambda: classify(files, batch_size=64), 3),
-        "fp32": median_seconds(lambda: ours.predict(files), 3),
-        "bf16": median_seconds(lambda: ours_bf16.predict(files), 3),
-    }
-    exact = np.asarray([p.probabilities for p in ours.predict(files)])
+    batch = {"pipeline": median_seconds(lambda: classify(files, batch_size=64), 3)}
+    batch |= {name: median_seconds(lambda predictor=predictor: predictor.predict(files), 3)
+              for name, predictor in ours.items()}  # fmt: skip
+    probabilities = {name: np.asarray([p.probabilities for p in predictor.predict(files)])
+                     for name, predictor in ours.items()}  # fmt: skip
+    exact = probabilities["fp32"]
     piped = classify(files, batch_size=64)
-    names = list(ours.model.config.id2label.values())
-    pipe_probs = np.asarray([[{d["label"]: d["score"] for d in row}[n] for n in names] for row in piped])
-    low = np.asarray([p.probabilities for p in ours_bf16.predict(files)])
+    pipe_probs = np.asarray([[{d["label"]: d["score"] for d in row}[n] for n in GRADE_NAMES] for row in piped])
     report.number("predict.one_image_ms", one_ms)
     report.number("predict.batch64_images_per_s", {k: 64 / v for k, v in batch.items()})
     report.number("predict.fp32_vs_pipeline_max_probability_difference", float(np.abs(exact - pipe_probs).max()))
-    report.number("predict.bf16_vs_fp32_max_probability_difference", float(np.abs(low - exact).max()))
-    report.number("predict.bf16_vs_fp32_same_grade", float((low.argmax(1) == exact.argmax(1)).mean()))
+    differences = {name: float(np.abs(probabilities[name] - exact).max()) for name in ("bf16", *exported)}
+    same = {name: float((probabilities[name].argmax(1) == exact.argmax(1)).mean()) for name in ("bf16", *exported)}
+    for name in differences:
+        report.number(f"predict.{name}_vs_fp32_max_probability_difference", differences[name])
+        report.number(f"predict.{name}_vs_fp32_same_grade", same[name])
     report.ratio("predict.one_image_speedup", one_ms["pipeline"] / one_ms["fp32"], 3.0, "higher",
                  "pipeline() time / Predictor time for one image file, both fp32")  # fmt: skip
     report.ratio("predict.one_image_speedup_bf16", one_ms["pipeline"] / one_ms["bf16"], 3.0, "higher",
                  "the same with Predictor(precision='bf16')")  # fmt: skip
     report.ratio("predict.batch64_speedup", batch["pipeline"] / batch["fp32"], 1.0, "higher",
                  "pipeline(batch_size=64) time / Predictor time for 64 files, both fp32")  # fmt: skip
-    report.say("one image: pipeline {pipeline:.1f} ms, Predictor {fp32:.1f} ms, bf16 "
-                  "{bf16:.1f} ms; ".format(**one_ms) + "64 images: " + ", ".join(f"{k} {64 / v:.1f} img/s"
-                  for k, v in batch.items()) + f"; fp32 probabilities within {np.abs(exact - pipe_probs).max():.1e}"
-                  f" of pipeline's, bf16 within {np.abs(low - exact).max():.1e} of fp32")  # fmt: skip
+    for name, what in (("onnx", "the exported fp32 graph on ONNX Runtime"), ("int8", "the int8 graph")):
+        report.ratio(f"predict.one_image_speedup_{name}", one_ms["pipeline"] / one_ms[name], 3.0, "higher",
+                     f"pipeline() time / Predictor time for one image file, Predictor running {what}")  # fmt: skip
+        report.ratio(f"predict.batch64_speedup_{name}", batch["pipeline"] / batch[name], 1.0, "higher",
+                     "the same for 64 files")  # fmt: skip
+    report.say(
+        "one image: "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in one_ms.items())
+        + "; 64 images: "
+        + ", ".join(f"{k} {64 / v:.1f} img/s" for k, v in batch.items())
+        + f"; fp32 probabilities within {np.abs(exact - pipe_probs).max():.1e} of pipeline's; against fp32: "
+        + ", ".join(f"{k} within {differences[k]:.1e} (same grade {same[k]:.0%})" for k in differences)
+    )
     # How close pipeline() already is to the machine: the one-image forward against dense matmul.
-    flops = forward_flops(ours.model, ours.preprocessing.size, ours.device)
-    peaks = {"fp32": matmul_flops_per_second(torch.float32, ours.device)}
-    if native_bf16(ours.device):
-        peaks["bf16"] = matmul_flops_per_second(torch.bfloat16, ours.device)
+    model, device = ours["fp32"].model, ours["fp32"].device
+    flops = forward_flops(model, ours["fp32"].preprocessing.size, device)
+    peaks = {"fp32": matmul_flops_per_second(torch.float32, device)}
+    if native_bf16(device):
+        peaks["bf16"] = matmul_flops_per_second(torch.bfloat16, device)
     best = max(peaks, key=peaks.get)
     pipeline_seconds = one_ms["pipeline"] / 1e3
     report.number("predict.forward_gflops_per_image", flops / 1e9)
@@ -235,8 +250,64 @@ def bench_predict(args, report: Report, work: Path, tree: Path) -> None:
     report.number("predict.one_image_speedup_ceiling", pipeline_seconds * peaks[best] / flops)
     report.say(f"one image is {flops / 1e9:.2f} GFLOP of forward: pipeline() computes it at "
                f"{flops / pipeline_seconds / peaks['fp32']:.2f} of this machine's fp32 matmul rate; at its {best} "
-               f"matmul rate it would take {1e3 * flops / peaks[best]:.1f} ms, so no Predictor can beat pipeline() "
-               f"by more than {pipeline_seconds * peaks[best] / flops:.1f}x here")  # fmt: skip
+               f"matmul rate it would take {1e3 * flops / peaks[best]:.1f} ms, so no PyTorch Predictor can beat "
+               f"pipeline() by more than {pipeline_seconds * peaks[best] / flops:.1f}x here")  # fmt: skip
+
+
+def onnx_folders(folder: Path, tree: Path, work: Path) -> dict[str, Path]:
+    """`folder` exported by `spine-hf export` in fp32 ("onnx") and int8 ("int8", ranges from the tree's train
+    split), made again each run (the export checks itself against PyTorch on the validation split)."""
+    from spine_hf.export import export_onnx
+
+    dataset = ensure_dataset(tree, work)
+    out = {"onnx": work / f"{folder.name}-onnx", "int8": work / f"{folder.name}-int8"}
+    for name, path in out.items():
+        report = export_onnx(folder, path, int8=name == "int8", calibration_data=dataset, overwrite=True)
+        check = report["check"]
+        print(f"export {name}: {check['count']} validation images, max |dp| "
+              f"{check['max_abs_probability_difference']:.1e}, same grade {check['same_grade_share']:.2%} "
+              f"({report['seconds']:.0f} s)")  # fmt: skip
+    return out
+
+
+COLD_SCRIPT = """import sys
+from transformers import pipeline
+classify = pipeline("image-classification", model=sys.argv[1])
+print(classify(sys.argv[2]))
+"""
+
+
+def bench_cold(args, report: Report, work: Path, tree: Path) -> None:
+    """Whole processes, as a user runs them: `spine-hf predict one.png` (torch, and onnx on the exported
+    folder) against a plain script that loads the same folder with pipeline() and classifies the same file."""
+    import subprocess
+    import sys
+
+    folder = Path(args.model_dir) if args.model_dir else random_model_folder(args, work)
+    exported = onnx_folders(folder, tree, work)["onnx"]
+    image = str(sorted(validation_folder(tree).rglob("*.png"))[0])
+    script = work / "plain_pipeline.py"
+    script.write_text(COLD_SCRIPT)
+    command = Path(sys.executable).with_name("spine-hf")
+    cli = [str(command)] if command.is_file() else [sys.executable, "-m", "spine_hf.cli"]
+    arms = {"pipeline": [sys.executable, str(script), str(folder), image],
+            "torch": [*cli, "predict", "--model", str(folder), image],
+            "onnx": [*cli, "predict", "--model", str(exported), "--backend", "onnx", image]}  # fmt: skip
+    print(f"\ncold start: {folder} and {exported}, {image}; {args.cold_runs} runs of each, interleaved")
+    seconds = {name: [] for name in arms}
+    for _ in range(args.cold_runs):
+        for name, argv in arms.items():
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            seconds[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    report.number("cold.seconds", seconds)
+    report.number("cold.median_seconds", median)
+    report.ratio("cold.torch_vs_pipeline", median["torch"] / median["pipeline"], 0.9, "lower",
+                 "`spine-hf predict one.png` wall time / plain pipeline() script, medians")  # fmt: skip
+    report.ratio("cold.onnx_vs_pipeline", median["onnx"] / median["pipeline"], 0.25, "lower",
+                 "the same with --backend onnx on the exported folder")  # fmt: skip
+    report.say("median wall: " + ", ".join(f"{k} {v:.2f} s" for k, v in median.items()))
 
 
 def bench_convert(args, report: Report, work: Path, tree: Path) -> None:

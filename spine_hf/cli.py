@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,9 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_PROBLEMS
     if args.handler in (_evaluate, _calibrate, _predict, _push, _export):
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # "Loading weights" bars would mix with the output
+        # transformers' "Loading weights" bars would mix with the output. It takes this setting from
+        # huggingface_hub when it is imported, so nothing has to import it here (predict may not need it).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:  # already imported (a caller in the same process): tell it directly
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         return args.handler(args)
     except (ValueError, OSError, RuntimeError) as err:
@@ -148,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="grade image files: one JSON line per file")
     predict.add_argument("--model", required=True, help="model folder or Hub repo id")
     predict.add_argument("files", nargs="+", help="PNG, JPEG, 16-bit PNG or DICOM files")
+    predict.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        help="torch: the PyTorch weights; onnx: the folder's model.onnx from `spine-hf export`, with ONNX Runtime "
+        "(torch is not imported); default: onnx for an exported folder, else torch",
+    )
     predict.add_argument("--flip-tta", action="store_true")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument(
@@ -158,9 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(handler=_predict)
 
-    push = commands.add_parser("push", help="upload a model folder to the Hugging Face Hub")
-    push.add_argument("--model", required=True, help="model folder (e.g. outputs/quickstart/run/best)")
-    push.add_argument("--repo-id", required=True, help="org/name on the Hub")
+    push = commands.add_parser(
+        "push",
+        help="upload a model folder to the Hub (--repo-id), or its demo as a Gradio Space (--space)",
+        description="spine-hf push --model DIR --repo-id ORG/NAME: upload a model folder. "
+        "spine-hf push --space ORG/NAME --model ORG/MODEL: create the Gradio demo Space for a model on the Hub.",
+    )
+    push.add_argument("--model", required=True, help="model folder; with --space, the model's Hub repo id")
+    where = push.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repo-id", help="org/name of the model repo to upload the folder to")
+    where.add_argument("--space", help="org/name of the Space to create or update")
+    push.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                      help="--space: PyTorch weights (default) or an ONNX export in the model repo")  # fmt: skip
+    push.add_argument("--save-to", help="--space: also keep the Space's files in this new folder")
     visibility = push.add_mutually_exclusive_group()
     visibility.add_argument("--private", dest="private", action="store_true", default=True, help="(default)")
     visibility.add_argument("--public", dest="private", action="store_false")
@@ -247,7 +266,7 @@ def _predict(args) -> int:
     from spine_hf.imaging import display_path
     from spine_hf.inference import Prediction, Predictor
 
-    predictor = Predictor(args.model, batch_size=args.batch_size, precision=args.precision)
+    predictor = Predictor(args.model, backend=args.backend, batch_size=args.batch_size, precision=args.precision)
     failed = 0
     for file, result in zip(args.files, predictor.predict_files(args.files, flip_tta=args.flip_tta), strict=True):
         if isinstance(result, Prediction):
@@ -259,14 +278,26 @@ def _predict(args) -> int:
 
 
 def _push(args) -> int:
-    from spine_hf.hub import push
-
-    plan = push(args.model, args.repo_id, private=args.private, dry_run=args.dry_run)
     verb = "would upload" if args.dry_run else "uploaded"
     visibility = "private" if args.private else "public"
-    print(f"{verb} {len(plan)} files to https://huggingface.co/{args.repo_id} ({visibility}):")
+    if args.space:
+        from spine_hf.space import push_space
+
+        plan = push_space(args.space, args.model, backend=args.backend, private=args.private, dry_run=args.dry_run,
+                          save_to=args.save_to)  # fmt: skip
+        where = f"the Gradio Space https://huggingface.co/spaces/{args.space} ({visibility}, serving {args.model})"
+    else:
+        from spine_hf.hub import push
+
+        plan = push(args.model, args.repo_id, private=args.private, dry_run=args.dry_run)
+        where = f"https://huggingface.co/{args.repo_id} ({visibility})"
+    print(f"{verb} {len(plan)} files to {where}:")
     for path, size in plan:
         print(f"  {path}  ({size:,} bytes)")
+    if args.space and args.save_to:
+        print(f"the Space's files are in {args.save_to}: `cd {args.save_to} && python app.py` runs it here")
+    if args.space:
+        print(f"if {args.model} is private, give the Space an HF_TOKEN secret (read access) in its settings")
     return EXIT_OK
 
 

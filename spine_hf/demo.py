@@ -57,8 +57,6 @@ def load_predictor(model: str):
 
 def grade(file, show_cam: bool, model: str):
     """Grade one uploaded file: (headline, probabilities, image shown)."""
-    from spine_hf.explain import grad_cam, overlay
-
     if file is None:
         raise gr.Error("Upload a radiograph first (PNG, JPEG, 16-bit PNG or DICOM).")
     predictor = load_predictor(model)
@@ -74,7 +72,11 @@ def grade(file, show_cam: bool, model: str):
     if prediction.in_distribution is False:
         label = None  # not shown as if it were a result; the headline says what the model would have said
     shown = image.convert("RGB")
-    if show_cam:
+    if show_cam and predictor.model is None:
+        gr.Warning("Grad-CAM needs the PyTorch weights; this model is an ONNX export, so the image is shown plain.")
+    elif show_cam:
+        from spine_hf.explain import grad_cam, overlay
+
         heat, _ = grad_cam(predictor, image, top)
         shown = overlay(image, heat)
     if max(shown.size) < DISPLAY_SIDE:  # small images are enlarged for the eye only
@@ -178,8 +180,9 @@ def make_examples(folder: Path) -> list[str]:
     return [str(target) for target in targets]
 
 
-def build_app(model: str | None = None, examples_dir: str | Path | None = None) -> gr.Blocks:
-    """The Blocks app; `launch()` is left to the caller."""
+def build_app(model: str | None = None, examples_dir: str | Path | None = None, publish: bool = True) -> gr.Blocks:
+    """The Blocks app; `launch()` is left to the caller. `publish=False` leaves out the tab that pushes the
+    model to the Hub (a Space serves a model that is already there)."""
     if model is None:
         model = DEFAULT_MODEL if Path(DEFAULT_MODEL).is_dir() else ""
     examples = make_examples(Path(examples_dir or tempfile.mkdtemp(prefix="spine-hf-examples-")))
@@ -187,7 +190,7 @@ def build_app(model: str | None = None, examples_dir: str | Path | None = None) 
         gr.Markdown("# spine-hf — radiograph severity grading")
         gr.Markdown(NOTICE)
         with gr.Row():
-            model_box = gr.Textbox(value=model, label="Model (local folder or Hub repo id)", scale=4)
+            model_box = gr.Textbox(value=model, label="Model (local folder, ONNX export or Hub repo id)", scale=4)
         if not model:
             gr.Markdown(f"No model yet: run the quick start in the README; it writes `{DEFAULT_MODEL}`.")
         with gr.Tab("Grade"):
@@ -208,6 +211,8 @@ def build_app(model: str | None = None, examples_dir: str | Path | None = None) 
                     shown = gr.Image(label="Decoded image (Grad-CAM overlay: red = most influential)", type="pil",
                                      interactive=False, height=400)  # fmt: skip
             run.click(grade, inputs=[upload, show_cam, model_box], outputs=[headline, label, shown], api_name="grade")
+        if not publish:
+            return app
         with gr.Tab("Publish"):
             repo = gr.Textbox(label="Hub repo id (org/name)")
             private = gr.Checkbox(value=True, label="Private repo")
@@ -215,10 +220,10 @@ def build_app(model: str | None = None, examples_dir: str | Path | None = None) 
                                type="password")  # fmt: skip
             with gr.Row():
                 preview = gr.Button("Preview files (dry run)")
-                publish = gr.Button("Push to the Hub", variant="primary")
+                push_button = gr.Button("Push to the Hub", variant="primary")
             status = gr.Markdown()
             preview.click(preview_push, inputs=[model_box, repo, private], outputs=status, api_name="preview")
-            publish.click(do_push, inputs=[model_box, repo, private, token], outputs=status, api_name="push")
+            push_button.click(do_push, inputs=[model_box, repo, private, token], outputs=status, api_name="push")
     return app
 
 

@@ -20,7 +20,10 @@ from spine_hf.inference import Predictor
 def grad_cam(predictor: Predictor, image, grade: int | None = None) -> tuple[np.ndarray, int]:
     """Heat map (H x W floats in 0..1, at the canonical image's size) for `grade` (default: predicted)."""
     canonical = predictor.canonical(image)
-    pixels = predictor.pixels([canonical]).to(predictor.device)
+    if predictor.model is None:
+        raise ValueError(f"{predictor.folder.path}: Grad-CAM needs the PyTorch weights; this folder is an ONNX "
+                         "export (model.onnx only): explain with the folder it was exported from")  # fmt: skip
+    pixels = torch.from_numpy(predictor.pixels([canonical])).to(predictor.device)
     with torch.enable_grad():
         features, logits = _features_and_logits(predictor, pixels)
         grade = int(logits.argmax(1)) if grade is None else grade
@@ -46,11 +49,10 @@ def overlay(image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
 
 
 def _features_and_logits(predictor: Predictor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if predictor.folder.library == "timm":  # loaded as transformers' TimmWrapper around the timm model
-        timm_model = predictor.model.timm_model
-        features = timm_model.forward_features(pixels)
-        return features, timm_model.forward_head(features)
-    outputs = predictor.model(pixel_values=pixels, output_hidden_states=True)
+    if predictor.folder.library == "timm":  # the timm model itself
+        features = predictor.model.forward_features(pixels)
+        return features, predictor.model.forward_head(features)
+    outputs = predictor.model.hf_model(pixel_values=pixels, output_hidden_states=True)
     return outputs.hidden_states[-1], outputs.logits
 
 

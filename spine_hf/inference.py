@@ -3,9 +3,10 @@
 The model is loaded once. The Predictor is the one way in for images: `canonical` reads files and
 bytes with the project's decoder (so 16-bit PNG and DICOM are read correctly, unlike `pipeline()`'s
 own loading) and brings images someone else opened to the same form; every image is then resized
-and normalised exactly as in training (`preprocessing.Preprocessing`) and scored in batches under
-`torch.inference_mode`. `predict_files` grades a list of files with a result per file, so one bad
-file costs only its own line.
+and normalised exactly as in training (`preprocessing.Preprocessing`) and scored in batches: by the
+PyTorch weights (under `torch.inference_mode`) or, for a folder from `spine-hf export`, by ONNX
+Runtime, which needs neither torch nor transformers. `predict_files` grades a list of files with a
+result per file, so one bad file costs only its own line.
 
 Where `spine-hf calibrate` stored them in the folder, every prediction also carries its conformal
 grade range (`conformal.GradeRanges`) and whether the image looks like the training radiographs
@@ -21,13 +22,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image
 
 from spine_hf.config import PREDICT_PRECISIONS
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
 from spine_hf.imaging import ImageDecodeError, decode_image, to_canonical
-from spine_hf.model import resolve_precision
 from spine_hf.model_folder import open_model_folder
 from spine_hf.referral import REFERRAL_MESSAGE
 
@@ -62,6 +61,12 @@ class Prediction:
         return out
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits, row by row (float32 in, float32 out)."""
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 class Outputs(NamedTuple):
     """What the model gives for N images."""
 
@@ -73,29 +78,51 @@ class Outputs(NamedTuple):
     features: np.ndarray | None
 
 
+BACKENDS = ("torch", "onnx")
+
+
 class Predictor:
     """Load a model once, then grade images (paths, bytes, PIL images or arrays) in batches."""
 
-    def __init__(
-        self, model: str | os.PathLike, *, device: str | None = None, batch_size: int = 32, precision: str = "fp32"
-    ):
-        """`precision="bf16"` runs the model under bf16 autocast: faster where bf16 is native (GPUs, CPUs
-        with AVX512-BF16/AMX) but the probabilities move slightly (BENCHMARKS.md); "auto" picks bf16
-        where it is native, else fp32; the default is fp32, what `evaluate` scores with."""
+    def __init__(self, model: str | os.PathLike, *, backend: str | None = None, device: str | None = None,
+                 batch_size: int = 32, precision: str = "fp32"):  # fmt: skip
+        """`backend="torch"` runs the folder's PyTorch weights; `"onnx"` runs its `model.onnx` (written by
+        `spine-hf export`) with ONNX Runtime on the CPU and imports neither torch nor transformers; the
+        default is onnx for a folder that holds only the graph, else torch. Both give the same outputs.
+
+        `precision="bf16"` (torch only) runs the model under bf16 autocast: faster where bf16 is native
+        (GPUs, CPUs with AVX512-BF16/AMX) but the probabilities move slightly (BENCHMARKS.md); "auto"
+        picks bf16 where it is native, else fp32; the default is fp32, what `evaluate` scores with."""
         if precision not in PREDICT_PRECISIONS:
             raise ValueError(f"precision must be one of {PREDICT_PRECISIONS}, not {precision!r}")
         self.folder = open_model_folder(model)
+        if list(self.folder.labels) != list(GRADE_NAMES):
+            raise ValueError(f"{model} predicts {list(self.folder.labels)}, not the five grades {list(GRADE_NAMES)}")
+        if backend is None:
+            backend = "onnx" if self.folder.has_onnx and not self.folder.has_weights else "torch"
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.backend = backend
         self.preprocessing = self.folder.preprocessing
+        self.batch_size = batch_size
+        self.grade_ranges = self.folder.grade_ranges
+        self.referral = self.folder.referral
+        # torch: the module, its device and what it computes in (fp32 or bf16); None with onnx.
+        self.model = self.device = self.precision = self.session = None
+        if backend == "onnx":
+            if precision == "bf16" or device not in (None, "cpu"):
+                raise ValueError("the onnx backend runs the exported graph as it is, on the CPU: "
+                                 "precision bf16 and other devices are for the torch backend")  # fmt: skip
+            self.session = self.folder.onnx_session()
+            return
+        import torch
+
+        from spine_hf.model import resolve_precision
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # channels_last: the layout oneDNN and cuDNN convolutions are fastest in (as in training).
         self.model = self.folder.load_model().to(self.device).eval().to(memory_format=torch.channels_last)
-        labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        if labels != list(GRADE_NAMES):
-            raise ValueError(f"{model} predicts {labels}, not the five grades {list(GRADE_NAMES)}")
-        self.batch_size = batch_size
-        self.precision = resolve_precision(precision, self.device)  # what the model computes in: fp32 or bf16
-        self.grade_ranges = self.folder.grade_ranges
-        self.referral = self.folder.referral
+        self.precision = resolve_precision(precision, self.device)
 
     @staticmethod
     def canonical(image) -> Image.Image:
@@ -108,11 +135,10 @@ class Predictor:
             return to_canonical(image)
         return decode_image(image)
 
-    def pixels(self, images: Sequence) -> torch.Tensor:
-        """Model input for a batch: decode, resize to the model's square, normalise (N x 3 x S x S)."""
+    def pixels(self, images: Sequence) -> np.ndarray:
+        """Model input for a batch: decode, resize to the model's square, normalise (N x 3 x S x S float32)."""
         squares = np.stack([self.preprocessing.square(self.canonical(image)) for image in images])
-        batch = self.preprocessing.normalise(torch.from_numpy(squares)[:, None])
-        return batch.contiguous(memory_format=torch.channels_last)
+        return self.preprocessing.normalise_array(squares)
 
     def logits(self, images: Sequence) -> np.ndarray:
         """Raw model outputs, N x 5."""
@@ -127,39 +153,51 @@ class Predictor:
         outputs = self.outputs(images, features=True)
         return outputs.features, outputs.logits
 
-    @torch.inference_mode()
     def outputs(self, images: Sequence, *, flip_tta: bool = False, features: bool = False) -> Outputs:
         """Logits, probabilities and (with `features`) the feature vectors of `images`, `batch_size` at a time."""
         out: dict[str, list[np.ndarray]] = {"logits": [], "probabilities": [], "features": []}
-        captured: list[torch.Tensor] = []
-        hook = None
-        if features:  # what the classifier layer receives is the feature vector
-            classifier = self.folder.classifier_module(self.model)
-            hook = classifier.register_forward_pre_hook(lambda _module, args: captured.append(args[0].flatten(1)))
-        try:
-            for start in range(0, len(images), self.batch_size):
-                batch = self.pixels(images[start : start + self.batch_size]).to(self.device)
-                logits = self._forward(batch).float()
-                probs = torch.softmax(logits, dim=1)
-                if features:
-                    out["features"].append(captured.pop().float().cpu().numpy())
-                if flip_tta:
-                    flipped = self._forward(torch.flip(batch, dims=[3])).float()
-                    probs = (probs + torch.softmax(flipped, dim=1)) / 2
-                out["logits"].append(logits.cpu().numpy())
-                out["probabilities"].append(probs.cpu().numpy())
-        finally:
-            if hook is not None:
-                hook.remove()
+        run = self._run_onnx if self.backend == "onnx" else self._run_torch
+        for start in range(0, len(images), self.batch_size):
+            batch = self.pixels(images[start : start + self.batch_size])
+            logits, vectors = run(batch, features)
+            probabilities = softmax(logits)
+            if flip_tta:
+                mirrored, _ = run(np.ascontiguousarray(batch[..., ::-1]), False)
+                probabilities = (probabilities + softmax(mirrored)) / 2
+            out["logits"].append(logits)
+            out["probabilities"].append(probabilities)
+            if features:
+                out["features"].append(vectors)
         empty = np.zeros((0, NUM_GRADES), dtype=np.float32)
         vectors = None
         if features:  # no images: no feature width to give either
             vectors = np.concatenate(out["features"]) if out["features"] else np.zeros((0, 0), np.float32)
         return Outputs(np.concatenate([empty, *out["logits"]]), np.concatenate([empty, *out["probabilities"]]), vectors)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.model(pixel_values=batch).logits
+    def _run_torch(self, batch: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, features or None) of one batch; the features are what the classifier layer receives."""
+        import torch
+
+        captured: list[torch.Tensor] = []
+        hook = None
+        if features:
+            classifier = self.folder.classifier_module(self.model)
+            hook = classifier.register_forward_pre_hook(lambda _module, args: captured.append(args[0].flatten(1)))
+        try:
+            with torch.inference_mode():
+                pixels = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                    logits = self.model(pixels)
+                vectors = captured.pop().float().cpu().numpy() if features else None
+                return logits.float().cpu().numpy(), vectors
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    def _run_onnx(self, batch: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The same from the exported graph, whose outputs are `logits` and `features`."""
+        found = self.session.run(["logits", "features"] if features else ["logits"], {"pixel_values": batch})
+        return found[0], (found[1] if features else None)
 
     def predict(self, images: Iterable, flip_tta: bool = False) -> list[Prediction]:
         """One `Prediction` per image, with its grade range and referral where the folder has them."""

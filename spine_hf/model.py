@@ -4,7 +4,7 @@ Radiographs are grayscale; models get the canonical 8-bit image repeated to thre
 pretrained RGB weights apply unchanged and `pipeline()` (which always converts to RGB) feeds the
 saved model exactly what it saw in training. Both libraries are given the same preprocessing
 (`preprocessing.Preprocessing`): the whole image squashed to ``image_size x image_size``,
-bilinear, then the backbone's mean/std. Which library builds a name is `model_folder.resolve_library`.
+bilinear, then the backbone's mean/std. Which library builds a name is `resolve_library`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from torch import nn
 
 from spine_hf.config import ConfigError, ModelConfig
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
-from spine_hf.model_folder import resolve_library
 from spine_hf.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -50,6 +49,18 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision != "auto":
         return precision
     return "bf16" if native_bf16(device) else "fp32"
+
+
+def resolve_library(cfg: ModelConfig) -> str:
+    """ "timm" or "transformers": the library that builds `cfg.name` (timm whenever timm knows the name)."""
+    if cfg.library != "auto":
+        return cfg.library
+    import timm
+
+    name = cfg.name.removeprefix("hf-hub:")
+    if name.startswith("timm/") or timm.is_model(name.split(".")[0]):
+        return "timm"
+    return "transformers"
 
 
 def build_model(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:

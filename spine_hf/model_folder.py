@@ -2,12 +2,18 @@
 
 A model folder loads with `pipeline("image-classification")`, `AutoModelForImageClassification` and,
 for timm backbones, `timm.create_model("local-dir:...")`. Everything else in spine-hf asks this
-module instead of looking inside the folder itself: which library a model name belongs to
-(`resolve_library`), what a saved folder holds (`ModelFolder`, `open_model_folder`: its library, its preprocessing, the
-name of its classifier's weights), writing one (`save_for_hub`), reading its weights back into a
+module instead of looking inside the folder itself: what a saved folder holds (`ModelFolder`,
+`open_model_folder`: its library, its preprocessing, its labels, the name of its classifier's
+weights), writing one (`save_for_hub`), loading it (`load_model`), reading its weights back into a
 built model (`load_weights`), folding a temperature into its classifier (`scale_classifier`), finding
 that classifier in a loaded model (`classifier_module`) and the conformal grade ranges and referral
-description `spine-hf calibrate` stores beside the weights (`grade_ranges`, `referral`).
+description `spine-hf calibrate` stores beside the weights (`grade_ranges`, `referral`). A folder
+written by `spine-hf export` holds ``model.onnx`` instead of the PyTorch weights (`has_onnx`,
+`onnx_session`).
+
+Loading is as light as the folder allows: a timm folder loads through timm alone (its ``local-dir:``
+loader; transformers is not even imported), a transformers folder through
+`AutoModelForImageClassification`, and reading a folder imports neither torch nor onnxruntime.
 
 For timm backbones the folder is timm's own Hub format with two fixes that make it load in
 transformers 5 too: ``model_args`` never repeats ``num_classes`` (TimmWrapper passes it itself and
@@ -22,33 +28,24 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from spine_hf.config import Config, ModelConfig, config_to_yaml
+from spine_hf.config import Config, config_to_yaml
 from spine_hf.conformal import GradeRanges
 from spine_hf.grades import GRADE_NAMES
 from spine_hf.outputs import staged_folder
 from spine_hf.preprocessing import Preprocessing
 from spine_hf.referral import Referral
 
+if TYPE_CHECKING:
+    from torch import nn
+
 CONFIG_FILE = "spine_hf_config.yaml"
 METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
 # transformers backbones are wrapped in `model.HFClassifier`, whose state dict adds this prefix.
 HF_PREFIX = "hf_model."
-
-
-def resolve_library(cfg: ModelConfig) -> str:
-    """ "timm" or "transformers": the library that builds `cfg.name` (timm whenever timm knows the name)."""
-    if cfg.library != "auto":
-        return cfg.library
-    import timm
-
-    name = cfg.name.removeprefix("hf-hub:")
-    if name.startswith("timm/") or timm.is_model(name.split(".")[0]):
-        return "timm"
-    return "transformers"
 
 
 @dataclass(frozen=True)
@@ -61,6 +58,8 @@ class ModelFolder:
     preprocessing: Preprocessing
     # The classifier's weights are `{classifier}.weight` and `{classifier}.bias` in model.safetensors.
     classifier: str
+    # The name of each output, index = grade (empty where config.json names none).
+    labels: tuple[str, ...] = ()
     # Conformal grade ranges and the out-of-distribution referral, where `spine-hf calibrate` fitted them.
     grade_ranges: GradeRanges | None = None
     referral: Referral | None = None
@@ -76,18 +75,51 @@ class ModelFolder:
         if "pretrained_cfg" in config:
             cfg = config["pretrained_cfg"]
             preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
-            return cls(path, "timm", preprocessing, cfg.get("classifier", "classifier"), **trust)
+            labels = tuple(config.get("label_names", ()))
+            return cls(path, "timm", preprocessing, cfg.get("classifier", "classifier"), labels, **trust)
+        id2label = config.get("id2label", {})
+        labels = tuple(id2label[str(i)] for i in range(len(id2label)) if str(i) in id2label)
         processor = json.loads((path / "preprocessor_config.json").read_text())
         size = processor["size"]
         side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
         preprocessing = Preprocessing(int(side), tuple(processor["image_mean"]), tuple(processor["image_std"]))
-        return cls(path, "transformers", preprocessing, "classifier", **trust)
+        return cls(path, "transformers", preprocessing, "classifier", labels, **trust)
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the folder holds PyTorch weights (an exported folder holds only `model.onnx`)."""
+        return (self.path / WEIGHTS_FILE).is_file()
+
+    @property
+    def has_onnx(self) -> bool:
+        return (self.path / ONNX_FILE).is_file()
 
     def load_model(self) -> nn.Module:
-        """The folder as a transformers image classifier (timm folders load as a TimmWrapper)."""
+        """The folder as a torch module from pixels (N x 3 x S x S) to logits (N x 5), as `build_model`
+        builds it: the timm model itself (loaded by timm), or a transformers model in `HFClassifier`."""
+        if not self.has_weights:
+            hint = "; it is an ONNX export: use the onnx backend" if self.has_onnx else ""
+            raise FileNotFoundError(f"{self.path}: no PyTorch weights ({WEIGHTS_FILE}){hint}")
+        if self.library == "timm":
+            import timm
+
+            return timm.create_model(f"local-dir:{self.path}", pretrained=True)
         from transformers import AutoModelForImageClassification
 
-        return AutoModelForImageClassification.from_pretrained(str(self.path), trust_remote_code=False)
+        from spine_hf.model import HFClassifier
+
+        return HFClassifier(AutoModelForImageClassification.from_pretrained(str(self.path), trust_remote_code=False))
+
+    def onnx_session(self):
+        """An ONNX Runtime session on the CPU for the folder's `model.onnx`."""
+        if not self.has_onnx:
+            raise FileNotFoundError(f"{self.path}: no {ONNX_FILE}; make one with `spine-hf export --model "
+                                    f"{self.path} --onnx OUT` and use OUT")  # fmt: skip
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise RuntimeError("the onnx backend needs ONNX Runtime: pip install 'spine-hf[onnx]'") from err
+        return onnxruntime.InferenceSession(str(self.path / ONNX_FILE), providers=["CPUExecutionProvider"])
 
     def classifier_module(self, model: nn.Module) -> nn.Module:
         """The classifier layer of what `load_model` returned: its input is the penultimate feature vector."""
@@ -100,7 +132,7 @@ class ModelFolder:
         return layer
 
     def _classifier_owner(self, model: nn.Module) -> nn.Module:
-        return model.timm_model if self.library == "timm" else model  # TimmWrapper holds the timm model
+        return model if self.library == "timm" else model.hf_model  # HFClassifier holds the transformers model
 
     def scale_classifier(self, temperature: float) -> None:
         """Divide the classifier's weight and bias by `temperature`, in place: logits / T, nothing else."""
@@ -143,6 +175,7 @@ def save_for_hub(
         model: what `model.build_model(cfg.model)` built (and training changed).
         state_dict: the weights to write (e.g. gathered from FSDP); default: the model's own.
     """
+    from spine_hf.model import resolve_library
     from spine_hf.model_card import model_card
 
     library = resolve_library(cfg.model)
@@ -166,7 +199,7 @@ def load_weights(model: nn.Module, folder: str | os.PathLike) -> None:
     saved = ModelFolder.read(folder)
     if saved.library == "transformers":
         # transformers renames keys between its file format and its modules; let it do that.
-        model.hf_model.load_state_dict(saved.load_model().state_dict())
+        model.hf_model.load_state_dict(saved.load_model().hf_model.state_dict())
         return
     from safetensors.torch import load_file
 

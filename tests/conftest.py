@@ -102,6 +102,16 @@ def trusted_model(tmp_path_factory, trained_model) -> Path:
 
 
 @pytest.fixture(scope="session")
+def exported_model(tmp_path_factory, trusted_model) -> Path:
+    """`trusted_model` exported by `spine-hf export` (fp32 ONNX, with its grade ranges and referral)."""
+    from spine_hf.export import export_onnx
+
+    out = tmp_path_factory.mktemp("exported") / "onnx"
+    export_onnx(trusted_model, out, calibration_data=trusted_model.parent / "dataset")
+    return out
+
+
+@pytest.fixture(scope="session")
 def running_app(trained_model, tmp_path_factory):
     """The Gradio app serving `trained_model` on 127.0.0.1 (uploads up to 5 MB): its URL."""
     from spine_hf.demo import build_app

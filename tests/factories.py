@@ -93,6 +93,18 @@ def fake_hf_api():
     return FakeApi, calls
 
 
+def hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """Lay `folder` out in `cache` as huggingface_hub lays out a downloaded model repo (for HF_HUB_OFFLINE=1)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return cache
+
+
 def digest_tree(root: Path) -> dict[str, str]:
     """Every file under root -> its SHA-256: equal before and after means nothing was changed or lost."""
     import hashlib

@@ -22,12 +22,15 @@ def test_ratio_verdicts():
 def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys):
     common = ["--model", "test_resnet", "--image-size", "32", "--batch-size", "4", "--data", str(phantom_split),
               "--work", str(tmp_path / "work")]  # fmt: skip
-    assert main(["all", *common, "--steps", "2", "--repeats", "2", "--json", str(tmp_path / "all.json")]) == 0
+    assert main(["all", *common, "--steps", "2", "--repeats", "2", "--cold-runs", "1",
+                 "--json", str(tmp_path / "all.json")]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     ratios = json.loads((tmp_path / "all.json").read_text())["ratios"]
     assert set(ratios) >= {
         "convert.vs_plain_pil_loop", "train.data_path_vs_model_only", "train.step_flop_utilisation",
-        "predict.one_image_speedup", "predict.batch64_speedup",
+        "predict.one_image_speedup", "predict.batch64_speedup", "predict.one_image_speedup_onnx",
+        "predict.one_image_speedup_int8", "predict.batch64_speedup_int8", "cold.torch_vs_pipeline",
+        "cold.onnx_vs_pipeline",
     }  # fmt: skip
     for key, entry in ratios.items():
         assert math.isfinite(entry["value"]) and entry["value"] > 0, key
@@ -37,6 +40,11 @@ def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys
         assert key in printed
     numbers = json.loads((tmp_path / "all.json").read_text())["numbers"]
     assert numbers["predict.one_image_speedup_ceiling"] > 0 and numbers["predict.forward_gflops_per_image"] > 0
+    assert (
+        numbers["predict.onnx_vs_fp32_max_probability_difference"] < 1e-4
+        and numbers["predict.onnx_vs_fp32_same_grade"] == 1
+    )
+    assert 0 <= numbers["predict.int8_vs_fp32_same_grade"] <= 1 and len(numbers["cold.seconds"]["onnx"]) == 1
     assert main(["quality", *common, "--budget-minutes", "0.05", "--json", str(tmp_path / "q.json")]) == 0
     quality = json.loads((tmp_path / "q.json").read_text())
     assert quality["numbers"]["quality.usual_recipe_curve_seconds_qwk"]

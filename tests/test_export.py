@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from spine_hf.cli import main
-from spine_hf.export import EXPORT_FILE, ONNX_FILE, export_onnx, onnx_session
+from spine_hf.export import EXPORT_FILE, export_onnx
 from spine_hf.inference import Predictor
+from spine_hf.model_folder import ONNX_FILE
 
 
 def _tiny_vit(tmp_path):
@@ -33,12 +34,13 @@ def test_the_graph_gives_pytorchs_logits_and_features_for_any_batch(kind, traine
     assert report["precision"] == "fp32" and report["library"] == kind
     assert report["check"]["max_abs_probability_difference"] < 1e-4 and report["check"]["same_grade_share"] == 1.0
     assert "synthetic phantoms" in report["check"]["images"]  # no dataset given: says what it checked on
-    predictor = Predictor(folder)
-    session = onnx_session(tmp_path / "onnx" / ONNX_FILE)
+    predictor, exported = Predictor(folder), Predictor(tmp_path / "onnx")
+    assert (predictor.backend, exported.backend) == ("torch", "onnx")  # the graph alone: ONNX Runtime
     files = sorted((phantom_split / "train").rglob("*.png"))
     for count in (1, 3, 7):  # the batch dimension is dynamic
+        exported.batch_size = predictor.batch_size = count
         features, logits = predictor.features(files[:count])
-        onnx_logits, onnx_features = session.run(None, {"pixel_values": predictor.pixels(files[:count]).numpy()})
+        onnx_features, onnx_logits = exported.features(files[:count])
         np.testing.assert_allclose(onnx_logits, logits, atol=1e-4)
         np.testing.assert_allclose(onnx_features, features, atol=1e-4)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from factories import fake_hf_api
+from factories import fake_hf_api, hub_cache
 
 
 def test_push_dry_run_lists_the_files_and_the_card_has_the_essentials(trained_model, capsys):
@@ -53,8 +53,6 @@ def test_push_refuses_a_folder_without_a_model_card(trained_model, tmp_path):
 def test_grade_ranges_and_referral_travel_with_push_and_load_by_repo_id(trusted_model, phantom_split, tmp_path,
                                                                        monkeypatch, capsys):  # fmt: skip
     """The files `calibrate` adds are uploaded with the folder and found again by a Hub repo id."""
-    import shutil
-
     import huggingface_hub.constants
 
     from spine_hf.cli import main
@@ -64,12 +62,8 @@ def test_grade_ranges_and_referral_travel_with_push_and_load_by_repo_id(trusted_
     listed = capsys.readouterr().out
     for name in ("grade_ranges.json", "referral.json", "referral.safetensors", "calibration.json"):
         assert name in listed
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--spine-org--trusted"
-    shutil.copytree(trusted_model, repo / "snapshots" / commit)  # as huggingface_hub lays out a download
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cache = hub_cache(tmp_path / "hub", "spine-org/trusted", trusted_model)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     files = sorted((phantom_split / "test").rglob("*.png"))[:3]
     by_id, local = Predictor("spine-org/trusted").predict(files), Predictor(trusted_model).predict(files)
     assert [p.to_json() for p in by_id] == [p.to_json() for p in local]

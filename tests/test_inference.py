@@ -151,3 +151,59 @@ def test_features_are_what_the_classifier_layer_receives(kind, tmp_path, phantom
     weight, bias = classifier.weight.detach().numpy(), classifier.bias.detach().numpy()
     np.testing.assert_allclose(features @ weight.T + bias, logits, atol=1e-4)
     np.testing.assert_allclose(logits, predictor.logits(files), atol=1e-5)
+
+
+def test_the_onnx_backend_gives_what_torch_gives(trusted_model, exported_model, phantom_split):
+    """Same decoder, resize, grade, probabilities, range and referral from the exported graph."""
+    noise = np.random.default_rng(1).integers(0, 256, (80, 80), dtype=np.uint8)
+    images = [*sorted((phantom_split / "test").rglob("*.png"))[:6], noise]
+    torch_run, onnx_run = Predictor(trusted_model, batch_size=4), Predictor(exported_model, batch_size=4)
+    assert (torch_run.backend, onnx_run.backend) == ("torch", "onnx") and onnx_run.model is None
+    for flip_tta in (False, True):
+        for ours, theirs in zip(onnx_run.predict(images, flip_tta), torch_run.predict(images, flip_tta), strict=True):
+            assert (ours.grade, ours.grade_range, ours.in_distribution) == (
+                theirs.grade, theirs.grade_range, theirs.in_distribution)  # fmt: skip
+            np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=1e-5)
+            assert ours.ood_score == pytest.approx(theirs.ood_score, rel=1e-4)
+    assert onnx_run.predict([noise])[0].in_distribution is False  # the referral works from the graph's features
+
+
+def test_a_backend_the_folder_cannot_serve_is_refused_with_the_fix(trained_model, exported_model, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="spine-hf export --model"):
+        Predictor(trained_model, backend="onnx")
+    with pytest.raises(FileNotFoundError, match="ONNX export: use the onnx backend"):
+        Predictor(exported_model, backend="torch")
+    with pytest.raises(ValueError, match="for the torch backend"):
+        Predictor(exported_model, precision="bf16")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Predictor(exported_model, backend="tensorrt")
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the onnx extra were not installed
+    with pytest.raises(RuntimeError, match=r"pip install 'spine-hf\[onnx\]'"):
+        Predictor(exported_model)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_predict_imports_only_what_its_backend_needs(backend, trained_model, exported_model, phantom_split):
+    """`spine-hf predict` as its own process: the onnx backend never imports torch or transformers; the torch
+    backend on a timm folder imports neither transformers nor anything else grading does not need."""
+    import subprocess
+    import sys
+
+    model = exported_model if backend == "onnx" else trained_model
+    script = """
+import json, sys
+from spine_hf.cli import main
+code = main(["predict", "--model", sys.argv[1], sys.argv[2]])
+heavy = ["torch", "timm", "transformers", "datasets", "evaluate", "gradio", "matplotlib", "accelerate", "scipy",
+         "sklearn", "pandas", "onnxruntime"]
+print(json.dumps({"code": code, "imported": [name for name in heavy if name in sys.modules]}))
+"""
+    image = next((phantom_split / "test").rglob("*.png"))
+    run = subprocess.run([sys.executable, "-c", script, str(model), str(image)], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    prediction, report = (json.loads(line) for line in run.stdout.strip().splitlines()[-2:])
+    assert prediction["grade_name"] in GRADE_NAMES and report["code"] == 0
+    assert report["imported"] == (["onnxruntime"] if backend == "onnx" else ["torch", "timm"])

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from spine_hf.config import ConfigError, ModelConfig
-from spine_hf.model import build_model, native_bf16, resolve_precision
-from spine_hf.model_folder import resolve_library
+from spine_hf.model import build_model, native_bf16, resolve_library, resolve_precision
 
 
 def test_names_go_to_the_library_that_knows_them():

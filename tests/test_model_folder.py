@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from factories import hub_cache
 
 from spine_hf.config import Config, DataConfig, ModelConfig
 from spine_hf.grades import GRADE_NAMES
@@ -117,16 +118,10 @@ def test_loading_by_repo_id_from_an_offline_hub_cache(trained_model, phantom_spl
     """pipeline, AutoModelForImageClassification, timm and Predictor all load `org/name` from a cache laid
     out as huggingface_hub lays it out, with HF_HUB_OFFLINE=1, and agree on the top grade."""
     import os
-    import shutil
     import subprocess
     import sys
 
-    cache = tmp_path / "hub"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / "models--spine-org--grader"
-    shutil.copytree(trained_model, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    cache = hub_cache(tmp_path / "hub", "spine-org/grader", trained_model)
     files = [str(p) for p in sorted((phantom_split / "test").rglob("*.png"))[:5]]
     script = f"""
 import json, sys, timm, torch
@@ -138,7 +133,7 @@ images = [decode_image(f) for f in files]
 classify = pipeline("image-classification", model="spine-org/grader")
 pipe = [max(r, key=lambda s: s["score"])["label"] for r in classify(images)]
 predictor = Predictor("spine-org/grader")
-pixels = predictor.pixels(images)
+pixels = torch.from_numpy(predictor.pixels(images))
 auto = AutoModelForImageClassification.from_pretrained("spine-org/grader").eval()
 native = timm.create_model("hf-hub:spine-org/grader", pretrained=True).eval()
 names = auto.config.id2label

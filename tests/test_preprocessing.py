@@ -28,3 +28,10 @@ def test_normalise_repeats_the_gray_channel_and_applies_mean_and_std_per_channel
     )
     torch.testing.assert_close(batch, reference, rtol=0, atol=1e-6)
     torch.testing.assert_close(PREP.normalise(squares.float() / 255), batch, rtol=0, atol=1e-6)
+
+
+def test_normalise_array_gives_the_torch_numbers_to_the_last_bit():
+    squares = np.random.default_rng(2).integers(0, 256, (4, 24, 24), dtype=np.uint8)
+    batch = PREP.normalise_array(squares)
+    assert batch.shape == (4, 3, 24, 24) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    np.testing.assert_array_equal(batch, PREP.normalise(torch.from_numpy(squares)[:, None]).numpy())
