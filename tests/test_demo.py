@@ -63,6 +63,22 @@ def test_app_shows_the_grade_range_and_refers_a_noise_frame(running_app, trusted
     assert not (label or {}).get("confidences")  # no grade probabilities presented as a result
 
 
+def test_app_grades_with_an_onnx_export_and_shows_the_image_plain(running_app, trusted_model, exported_model,
+                                                                  phantom_split):  # fmt: skip
+    """The model box takes an exported folder: the same headline as the PyTorch folder's; Grad-CAM (which needs
+    the weights) is skipped with a warning instead of failing the request."""
+    from gradio_client import Client, handle_file
+
+    client = Client(running_app, verbose=False)
+    phantom = handle_file(str(sorted((phantom_split / "test").rglob("*.png"))[0]))
+    headline, label, image = client.predict(phantom, True, str(exported_model), api_name="/grade")
+    torch_headline, torch_label, _ = client.predict(phantom, False, str(trusted_model), api_name="/grade")
+    assert headline == torch_headline and image
+    ours = {entry["label"]: entry["confidence"] for entry in (label or {}).get("confidences", [])}
+    theirs = {entry["label"]: entry["confidence"] for entry in (torch_label or {}).get("confidences", [])}
+    assert ours.keys() == theirs.keys() and all(abs(ours[k] - theirs[k]) < 1e-4 for k in ours)
+
+
 def test_app_shows_loading_and_decoding_errors_instead_of_crashing(running_app, trained_model, tmp_path):
     from gradio_client import Client, handle_file
 
