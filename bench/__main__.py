@@ -78,7 +78,8 @@ def run(args) -> Report:
     if args.image_size is None and args.what not in ("quality", "trust"):  # trust: the model folder's own size
         args.image_size = 224
     report = Report({**machine_context(args), "data": described})
-    print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}), "
+    print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}; "
+          f"{' '.join(report.context['cpu_isa']) or 'no AVX2'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {described}")  # fmt: skip
     start = time.perf_counter()
     for name in ("convert", "train", "predict", "cold", "loader") if args.what == "all" else (args.what,):

@@ -116,20 +116,27 @@ def forward_flops(model: torch.nn.Module, side: int, device: torch.device) -> fl
     return float(counter.get_total_flops())
 
 
+CPU_ISA = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"}
+
+
 def machine_context(args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
-    if device == "cpu":
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and device == "cpu":
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
     return {
         "device": device,
         "device_name": name,
+        # What the CPU computes natively: bf16 (training, bf16 inference) and int8 dot products (int8 ONNX).
+        "cpu_isa": sorted(flags & CPU_ISA),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

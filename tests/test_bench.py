@@ -39,6 +39,16 @@ def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys
                                        else entry["value"] <= entry["goal"])  # fmt: skip
         assert key in printed
     numbers = json.loads((tmp_path / "all.json").read_text())["numbers"]
+    context = json.loads((tmp_path / "all.json").read_text())["context"]
+    assert set(context["cpu_isa"]) <= {
+        "avx2",
+        "avx512f",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_bf16",
+        "amx_int8",
+    }
     assert numbers["predict.one_image_speedup_ceiling"] > 0 and numbers["predict.forward_gflops_per_image"] > 0
     assert (
         numbers["predict.onnx_vs_fp32_max_probability_difference"] < 1e-4
