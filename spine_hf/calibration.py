@@ -83,6 +83,9 @@ def calibrate_model(
         raise ValueError(f"{err}; the referral describes the training images' features: name the split that "
                          "holds them with --describe-split") from err  # fmt: skip
     predictor = Predictor(model)
+    if predictor.backend == "onnx":
+        raise ValueError(f"{model} is an ONNX export: calibrate the PyTorch model folder it came from (the "
+                         "temperature is folded into its weights), then export the calibrated folder")  # fmt: skip
     features, logits = predictor.features(decode_split(rows))
     labels = np.asarray(rows["label"], dtype=np.int64)
     temperature = fit_temperature(logits, labels)

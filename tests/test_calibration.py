@@ -96,3 +96,10 @@ def test_calibrate_needs_a_separate_split_to_describe(trained_model, tmp_path):
         calibrate_model(trained_model, data, tmp_path / "a", describe_split="validation")
     with pytest.raises(ValueError, match="--describe-split"):
         calibrate_model(trained_model, data, tmp_path / "b", describe_split="training")
+
+
+def test_an_onnx_export_is_refused_with_the_order_that_works(exported_model, trained_model, tmp_path):
+    data = trained_model.parent.parent / "dataset"
+    with pytest.raises(ValueError, match="calibrate the PyTorch model folder it came from"):
+        calibrate_model(exported_model, data, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
