@@ -57,7 +57,9 @@ def distances(features: np.ndarray, means: np.ndarray, precision: np.ndarray) ->
     squared = np.full(len(features), np.inf)
     for mean in np.asarray(means, dtype=np.float64):
         difference = features - mean
-        squared = np.minimum(squared, np.einsum("nd,de,ne->n", difference, precision, difference))
+        # A matrix product (BLAS), then a row-wise dot: np.einsum("nd,de,ne->n") gives the same numbers without
+        # BLAS, 1.5 ms of a 5.7 ms one-image prediction at 512 features.
+        squared = np.minimum(squared, ((difference @ precision) * difference).sum(axis=1))
     return np.sqrt(np.maximum(squared, 0.0))
 
 
