@@ -257,6 +257,8 @@ def _export(args) -> int:
     print(f"{report['precision']} ONNX model in {args.onnx} ({report['seconds']:.0f} s). Checked on "
           f"{check['count']} images ({check['images']}): max |dp| {check['max_abs_probability_difference']:.2e}, "
           f"same grade for {check['same_grade_share']:.2%}{qwk}")  # fmt: skip
+    if "warning" in report:
+        print(f"warning: {report['warning']}", file=sys.stderr)
     return EXIT_OK
 
 

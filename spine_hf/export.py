@@ -35,6 +35,8 @@ from spine_hf.outputs import check_new_output, staged_folder
 
 EXPORT_FILE = "export.json"
 OPSET = 18
+# The share of check images whose grade the graph must keep for an export to pass without a warning.
+SAME_GRADE_FLOOR = 0.99
 
 
 def export_onnx(
@@ -78,6 +80,11 @@ def export_onnx(
             "check": _parity(predictor, Predictor(staging, backend="onnx"), images, labels, checked_on),
             "seconds": round(time.perf_counter() - start, 1),
         }
+        share = report["check"]["same_grade_share"]
+        if share < SAME_GRADE_FLOOR:
+            report["warning"] = (f"the {report['precision']} graph gives another grade than PyTorch for "
+                                 f"{1 - share:.2%} of the check images (more than {1 - SAME_GRADE_FLOOR:.0%}): "
+                                 "check it on your data before you use it, or use the fp32 export")  # fmt: skip
         (staging / EXPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         _add_card_section(staging / "README.md", report)
     return report

@@ -78,4 +78,14 @@ def test_int8_is_quantised_from_the_calibration_split_and_checked(trusted_model,
     assert consumers and all(node.op_type not in ("QuantizeLinear", "DequantizeLinear") for node in consumers)
     check = report["check"]
     assert check["count"] == 40 and 0 <= check["max_abs_probability_difference"] < 0.5
+    assert ("warning" in report) == (check["same_grade_share"] < 0.99)  # a graph that changes grades says so
     assert "static int8" in (tmp_path / "int8" / "README.md").read_text()
+
+
+def test_an_export_below_the_same_grade_floor_is_written_with_a_warning(trained_model, tmp_path, monkeypatch, capsys):
+    from spine_hf import export
+
+    monkeypatch.setattr(export, "SAME_GRADE_FLOOR", 1.01)  # no graph keeps more than every grade
+    assert main(["export", "--model", str(trained_model), "--onnx", str(tmp_path / "onnx")]) == 0
+    assert "warning: the fp32 graph gives another grade than PyTorch" in capsys.readouterr().err
+    assert "check it on your data" in json.loads((tmp_path / "onnx" / EXPORT_FILE).read_text())["warning"]
