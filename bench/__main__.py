@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="resnet18", help="timm or transformers model name (default resnet18)")
     parser.add_argument("--image-size", type=int, help="default 224 (quality: the recipe's, 128)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32"],
+        default="auto",
+        help="what the project's recipe computes in (train, quality): auto = its own setting, bf16 where the "
+        "device computes bf16 natively; fp32 = as on a CPU without native bf16, on any machine. The usual "
+        "recipe always computes in fp32",
+    )
     parser.add_argument("--json", help="also write the ratios and the numbers behind them to this JSON file")
     parser.add_argument("--work", default="outputs/bench", help="scratch folder (datasets, model folders)")
     parser.add_argument("--steps", type=int, default=32, help="timed training steps per arm (train)")
@@ -79,8 +87,9 @@ def run(args) -> Report:
         args.image_size = 224
     report = Report({**machine_context(args), "data": described})
     print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}; "
-          f"{' '.join(report.context['cpu_isa']) or 'no AVX2'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {described}")  # fmt: skip
+          f"{' '.join(report.context['cpu_isa']) or 'no AVX2'}; native bf16: {report.context['native_bf16']}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; data: {described}; the project's recipe "
+          f"computes in {report.context['project_precision']}, the usual recipe in fp32")  # fmt: skip
     start = time.perf_counter()
     for name in ("convert", "train", "predict", "cold", "loader") if args.what == "all" else (args.what,):
         COMMANDS[name](args, report, work, tree)

@@ -59,6 +59,8 @@ def recipe_config(args, dataset: Path, output_dir: Path, *extra: str):
     from spine_hf.config import parse_config
 
     size = [f"--model.image_size={args.image_size}"] if args.image_size else []
+    if getattr(args, "precision", "auto") == "fp32":  # as on a CPU without native bf16, on any machine
+        size.append("--train.mixed_precision=no")
     if torch.cuda.is_available():  # a GPU outruns one CPU process preparing batches: use the machine's cores
         size.append(f"--data.num_workers={min(8, max(1, (os.cpu_count() or 2) - 2))}")
     return parse_config(

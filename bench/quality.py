@@ -29,8 +29,11 @@ def bench_quality(args, report: Report, work: Path, tree: Path) -> None:
     dataset_dir = ensure_dataset(tree, work)
     cfg = recipe_config(args, dataset_dir, work / "quality-project")
     train_images = sum(1 for p in (tree / "train").rglob("*") if p.is_file())
+    precision = {"usual": "fp32", "project": report.context["project_precision"]}
     print(f"\nquality: {args.budget_minutes} min of training each, {train_images} training images; "
-          f"usual recipe first, then the project's ({RECIPE})")  # fmt: skip
+          f"usual recipe first (fp32), then the project's ({RECIPE}, {precision['project']}; native bf16 here: "
+          f"{report.context['native_bf16']})")  # fmt: skip
+    report.number("quality.precision", precision)
 
     def score(predictions: np.ndarray, references: np.ndarray) -> float:
         return float(compute_grading_metrics(predictions, references)["qwk"])

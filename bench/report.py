@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from spine_hf.model import native_bf16, resolve_precision
+
 
 @dataclass
 class Ratio:
@@ -137,6 +139,11 @@ def machine_context(args) -> dict:
         "device_name": name,
         # What the CPU computes natively: bf16 (training, bf16 inference) and int8 dot products (int8 ONNX).
         "cpu_isa": sorted(flags & CPU_ISA),
+        "native_bf16": native_bf16(device),
+        # What the project's recipe (mixed_precision: auto) computes in under `--precision`; the usual recipe: fp32.
+        "project_precision": resolve_precision(
+            "auto" if getattr(args, "precision", "auto") == "auto" else "fp32", device
+        ),  # fmt: skip
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -55,8 +55,13 @@ def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys
         and numbers["predict.onnx_vs_fp32_same_grade"] == 1
     )
     assert 0 <= numbers["predict.int8_vs_fp32_same_grade"] <= 1 and len(numbers["cold.seconds"]["onnx"]) == 1
-    assert main(["quality", *common, "--budget-minutes", "0.05", "--json", str(tmp_path / "q.json")]) == 0
+    capsys.readouterr()
+    assert main(["quality", *common, "--budget-minutes", "0.05", "--precision", "fp32",
+                 "--json", str(tmp_path / "q.json")]) == 0  # fmt: skip
     quality = json.loads((tmp_path / "q.json").read_text())
+    assert quality["numbers"]["quality.precision"] == {"usual": "fp32", "project": "fp32"}
+    assert quality["context"]["project_precision"] == "fp32" and "native_bf16" in quality["context"]
+    assert "mixed precision no" in capsys.readouterr().out  # the project's run really computed in fp32
     assert quality["numbers"]["quality.usual_recipe_curve_seconds_qwk"]
     assert quality["numbers"]["quality.project_curve_seconds_qwk"]
     assert "quality.time_to_usual_best_qwk" in quality["ratios"]
