@@ -254,19 +254,28 @@ def bench_predict(args, report: Report, work: Path, tree: Path) -> None:
                f"pipeline() by more than {pipeline_seconds * peaks[best] / flops:.1f}x here")  # fmt: skip
 
 
-def onnx_folders(folder: Path, tree: Path, work: Path) -> dict[str, Path]:
-    """`folder` exported by `spine-hf export` in fp32 ("onnx") and int8 ("int8", ranges from the tree's train
-    split), made again each run (the export checks itself against PyTorch on the validation split)."""
+# Exports made in this process: `bench all` runs predict and then cold on the same folder.
+_EXPORTED: dict[tuple[Path, str], Path] = {}
+
+
+def onnx_folders(folder: Path, tree: Path, work: Path, kinds: tuple[str, ...] = ("onnx", "int8")) -> dict[str, Path]:
+    """`folder` exported by `spine-hf export` in fp32 ("onnx") and/or int8 ("int8", ranges from the tree's train
+    split), made once per bench process (the export checks itself against PyTorch on the validation split)."""
     from spine_hf.export import export_onnx
 
-    dataset = ensure_dataset(tree, work)
-    out = {"onnx": work / f"{folder.name}-onnx", "int8": work / f"{folder.name}-int8"}
-    for name, path in out.items():
-        report = export_onnx(folder, path, int8=name == "int8", calibration_data=dataset, overwrite=True)
-        check = report["check"]
-        print(f"export {name}: {check['count']} validation images, max |dp| "
-              f"{check['max_abs_probability_difference']:.1e}, same grade {check['same_grade_share']:.2%} "
-              f"({report['seconds']:.0f} s)")  # fmt: skip
+    out = {}
+    for name in kinds:
+        key = (folder.resolve(), name)
+        if key not in _EXPORTED:
+            path = work / f"{folder.name}-{name}"
+            report = export_onnx(folder, path, int8=name == "int8", calibration_data=ensure_dataset(tree, work),
+                                 overwrite=True)  # fmt: skip
+            check = report["check"]
+            print(f"export {name}: {check['count']} validation images, max |dp| "
+                  f"{check['max_abs_probability_difference']:.1e}, same grade {check['same_grade_share']:.2%} "
+                  f"({report['seconds']:.0f} s)")  # fmt: skip
+            _EXPORTED[key] = path
+        out[name] = _EXPORTED[key]
     return out
 
 
@@ -284,7 +293,7 @@ def bench_cold(args, report: Report, work: Path, tree: Path) -> None:
     import sys
 
     folder = Path(args.model_dir) if args.model_dir else random_model_folder(args, work)
-    exported = onnx_folders(folder, tree, work)["onnx"]
+    exported = onnx_folders(folder, tree, work, kinds=("onnx",))["onnx"]
     image = str(sorted(validation_folder(tree).rglob("*.png"))[0])
     script = work / "plain_pipeline.py"
     script.write_text(COLD_SCRIPT)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from spine_hf import setup_logging
-from spine_hf.config import PREDICT_PRECISIONS
+from spine_hf.config import BACKENDS, PREDICT_PRECISIONS
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", nargs="+", help="PNG, JPEG, 16-bit PNG or DICOM files")
     predict.add_argument(
         "--backend",
-        choices=["torch", "onnx"],
+        choices=BACKENDS,
         help="torch: the PyTorch weights; onnx: the folder's model.onnx from `spine-hf export`, with ONNX Runtime "
         "(torch is not imported); default: onnx for an exported folder, else torch",
     )
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = push.add_mutually_exclusive_group(required=True)
     where.add_argument("--repo-id", help="org/name of the model repo to upload the folder to")
     where.add_argument("--space", help="org/name of the Space to create or update")
-    push.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+    push.add_argument("--backend", choices=BACKENDS, default="torch",
                       help="--space: PyTorch weights (default) or an ONNX export in the model repo")  # fmt: skip
     push.add_argument("--save-to", help="--space: also keep the Space's files in this new folder")
     visibility = push.add_mutually_exclusive_group()

@@ -21,6 +21,8 @@ SAMPLERS = ("none", "balanced")
 MIXED_PRECISIONS = ("", "no", "fp16", "bf16", "auto")
 # What the Predictor computes in (`spine-hf predict --precision`): a dtype, not a mixed-precision mode.
 PREDICT_PRECISIONS = ("fp32", "bf16", "auto")
+# What runs a model folder (`Predictor(backend=...)`, `spine-hf predict --backend`, a Space's runtime).
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from spine_hf.config import PREDICT_PRECISIONS
+from spine_hf.config import BACKENDS, PREDICT_PRECISIONS
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
 from spine_hf.imaging import ImageDecodeError, decode_image, to_canonical
 from spine_hf.model_folder import open_model_folder
@@ -76,9 +76,6 @@ class Outputs(NamedTuple):
     probabilities: np.ndarray
     # N x D: what the classifier layer receives, of each image as it is; None unless asked for.
     features: np.ndarray | None
-
-
-BACKENDS = ("torch", "onnx")
 
 
 class Predictor:

@@ -19,6 +19,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from spine_hf.config import BACKENDS
 from spine_hf.hub import upload_plan
 from spine_hf.outputs import staged_folder
 
@@ -34,8 +35,8 @@ MODEL_ENV = "SPINE_HF_MODEL"
 def write_space(model_repo: str, out: str | os.PathLike, *, backend: str = "torch") -> list[tuple[str, int]]:
     """Write the Space's files for `model_repo` into the new folder `out`; returns (path, size) of each."""
     _check_repo_id(model_repo, "--model")
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"backend must be torch or onnx, not {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
     import spine_hf
 
     with staged_folder(out, replaceable=False) as staging:
