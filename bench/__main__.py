@@ -2,9 +2,11 @@
 
     python -m bench all     [--data DIR] [--model resnet18] [--image-size 224] [--batch-size 32] [--json FILE]
     python -m bench train | predict | cold | convert | loader | quality | large
+    python -m bench levers  --data DIR [--levers progressive,lr] [--budget-minutes 8] [--precision fp32]
     python -m bench trust --data DIR --model-dir MODEL
 
-* train, predict, cold, convert: `bench.speed`; loader: `bench.loader`; quality: `bench.quality`;
+* train, predict, cold, convert: `bench.speed`; loader: `bench.loader`; quality and levers (what each
+  of the recipe's levers does to time to quality, alone and together): `bench.quality`;
   large: `bench.large` (full-size radiographs, two training processes); trust: `bench.trust`
   (grade ranges' coverage and the referral, for a model trained on DIR); all: convert, train,
   predict and loader.
@@ -25,20 +27,21 @@ from pathlib import Path
 from bench.data import prepare_tree
 from bench.large import bench_large
 from bench.loader import bench_loader
-from bench.quality import bench_quality
+from bench.quality import LEVERS, bench_levers, bench_quality
 from bench.report import Report, machine_context
 from bench.speed import bench_cold, bench_convert, bench_predict, bench_train
 from bench.trust import bench_trust
 
 COMMANDS = {"train": bench_train, "predict": bench_predict, "cold": bench_cold, "convert": bench_convert,
-            "quality": bench_quality, "loader": bench_loader, "large": bench_large, "trust": bench_trust}  # fmt: skip
+            "quality": bench_quality, "levers": bench_levers, "loader": bench_loader, "large": bench_large,
+            "trust": bench_trust}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "what",
-        choices=["train", "predict", "cold", "convert", "loader", "quality", "large", "trust", "all"],
+        choices=["train", "predict", "cold", "convert", "loader", "quality", "levers", "large", "trust", "all"],
         help="all = convert, train, predict, cold and loader (quality takes about 45 minutes on its own; "
         "large about 30 the first time, 10 once its data exist)",
     )
@@ -62,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", help="a saved model folder for predict (default: random weights); "
                         "for trust, a model trained on --data (required)")  # fmt: skip
     parser.add_argument("--halvings", type=int, default=20, help="random halvings of validation by patient (trust)")
-    parser.add_argument("--budget-minutes", type=float, default=19.0, help="training minutes per recipe (quality)")
+    parser.add_argument("--budget-minutes", type=float, default=19.0,
+                        help="training minutes per recipe (quality) or arm (levers)")  # fmt: skip
+    parser.add_argument("--levers", default=",".join([*LEVERS, "compile"]),
+                        help=f"levers to run alone and together, and whether to time torch.compile (levers; default "
+                        f"all: {', '.join([*LEVERS, 'compile'])})")  # fmt: skip
     parser.add_argument("--loader-images", type=int, default=2000, help="training images the loader bench uses")
     parser.add_argument(
         "--large-images",
@@ -83,7 +90,8 @@ def run(args) -> Report:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tree, described = prepare_tree(args, work)
-    if args.image_size is None and args.what not in ("quality", "trust"):  # trust: the model folder's own size
+    # quality, levers: the recipe's size; trust: the model folder's own
+    if args.image_size is None and args.what not in ("quality", "levers", "trust"):
         args.image_size = 224
     report = Report({**machine_context(args), "data": described})
     print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}; "

@@ -1,10 +1,16 @@
 """Time to quality: the usual recipe vs the project's (``configs/knee-cpu.yaml``), one after the other on the
 same data and model, each for the same budget of training time: wall time to reach the usual recipe's
 best validation QWK, training speed, and the best QWK each reaches within the budget.
+
+`bench levers` measures what each of the recipe's speed-to-quality levers (issue 16) does: the recipe as it
+stood before them, each lever alone on top of that, and all of them together, each against one run of the
+usual recipe; plus two levers that need no training run to judge: `torch.compile` of the training step
+(compile time against the time it saves) and test-time flip averaging of each arm's best model.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -17,80 +23,154 @@ from bench.data import RECIPE, ensure_dataset, recipe_config, validation_folder
 from bench.report import Report
 from bench.speed import forever, fresh_accelerator_state, images_per_second, project_training
 
+# Timed steps of the speed probes that size each run (6 read 57 and 78 img/s for the same step in one run).
+PROBE_STEPS = 12
+
+# The recipe without the levers (as it stood at issue 16), then each lever as overrides on top of it.
+LEVER_BASE = ("--data.progressive_scale=0", "--optim.lr=0.002", "--optim.warmup_epochs=1", "--optim.label_smoothing=0")
+LEVERS = {
+    "progressive": ("--data.progressive_scale=0.75",),
+    "lr": ("--optim.lr=0.004", "--optim.warmup_epochs=0.3", "--optim.label_smoothing=0.1"),
+    "blurpool": ("--model.name=resnetblur18",),
+}
+
 
 def bench_quality(args, report: Report, work: Path, tree: Path) -> None:
-    from bench.baseline import run_baseline
-    from spine_hf.checkpoints import METRICS_FILE
-    from spine_hf.metrics import compute_grading_metrics
-    from spine_hf.model import build_model
-    from spine_hf.train import fit, prepare
-
     budget = 60 * args.budget_minutes
     dataset_dir = ensure_dataset(tree, work)
-    cfg = recipe_config(args, dataset_dir, work / "quality-project")
-    train_images = sum(1 for p in (tree / "train").rglob("*") if p.is_file())
     precision = {"usual": "fp32", "project": report.context["project_precision"]}
-    print(f"\nquality: {args.budget_minutes} min of training each, {train_images} training images; "
+    print(f"\nquality: {args.budget_minutes} min of training each, {train_count(tree)} training images; "
           f"usual recipe first (fp32), then the project's ({RECIPE}, {precision['project']}; native bf16 here: "
           f"{report.context['native_bf16']})")  # fmt: skip
     report.number("quality.precision", precision)
+    usual = usual_arm(args, dataset_dir, work, tree, budget)
+    project = project_arm(args, dataset_dir, work, tree, budget)
+    best_base, time_base = usual["best"], usual["seconds_to_best"]
+    time_project = seconds_to(project["curve"], best_base)
+    report.number("quality.budget_minutes", args.budget_minutes)
+    report.number("quality.usual_recipe_curve_seconds_qwk", usual["curve"])
+    report.number("quality.project_curve_seconds_qwk", project["curve"])
+    report.number("quality.project_epochs_and_sides", project["sides"])
+    report.number("quality.usual_recipe_best_qwk", best_base)
+    report.number("quality.project_best_qwk_within_budget", project["best"])
+    report.number("quality.usual_recipe_seconds_to_its_best", time_base)
+    report.number("quality.project_seconds_to_usual_best", time_project)
+    report.ratio("quality.time_to_usual_best_qwk", None if time_project is None else time_project / time_base, 0.5,
+                 "lower", "project's time to reach the usual recipe's best validation QWK / the usual recipe's time "
+                 "to reach it")  # fmt: skip
+    report.ratio("quality.training_step_speedup", project["train_ips"] / usual["train_ips"], 1.0, "higher",
+                 "training img/s of the project's recipe / the usual recipe's, in these two runs")  # fmt: skip
+    report.say(f"best validation QWK within {args.budget_minutes} min of training: usual recipe {best_base:.3f}, "
+               f"project {project['best']:.3f}")  # fmt: skip
 
-    def score(predictions: np.ndarray, references: np.ndarray) -> float:
-        return float(compute_grading_metrics(predictions, references)["qwk"])
 
-    # Each recipe gets a schedule that ends with its budget, from its own measured speed.
-    baseline_ips = baseline_probe(args, cfg, tree)
-    baseline_epochs = max(1, int(budget * baseline_ips / train_images))
-    print(f"  usual recipe: {baseline_ips:.1f} img/s in a probe -> {baseline_epochs} epochs", flush=True)
+def bench_levers(args, report: Report, work: Path, tree: Path) -> None:
+    budget = 60 * args.budget_minutes
+    dataset_dir = ensure_dataset(tree, work)
+    names = [name.strip() for name in args.levers.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(LEVERS) - {"compile"})
+    if unknown:
+        raise SystemExit(f"--levers: unknown {unknown}; choose from {sorted(LEVERS)} and compile")
+    chosen = [name for name in names if name in LEVERS]
+    arms = {"before": (), **{name: LEVERS[name] for name in chosen}}
+    if len(chosen) > 1:
+        arms["together"] = tuple(override for name in chosen for override in LEVERS[name])
+    print(f"\nlevers: {args.budget_minutes} min of training per arm, {train_count(tree)} training images, the project "
+          f"computes in {report.context['project_precision']}; arms: {', '.join(arms)}")  # fmt: skip
+    report.number("levers.budget_minutes", args.budget_minutes)
+    report.number("levers.arms", {name: list(overrides) for name, overrides in arms.items()})
+    if "compile" in names:
+        compile_probe(args, dataset_dir, work, report)
+    usual = usual_arm(args, dataset_dir, work, tree, budget)
+    report.number("levers.usual_recipe_curve_seconds_qwk", usual["curve"])
+    rows = []
+    for name, overrides in arms.items():
+        arm = project_arm(args, dataset_dir, work, tree, budget, *LEVER_BASE, *overrides)
+        to_usual = seconds_to(arm["curve"], usual["best"])
+        plain, flipped = flip_qwk(arm["cfg"], Path(arm["cfg"].train.output_dir) / "best")
+        ratio = None if to_usual is None else to_usual / usual["seconds_to_best"]
+        report.number(f"levers.{name}", {"curve_seconds_qwk": arm["curve"], "epochs_and_sides": arm["sides"],
+                                         "train_images_per_s": arm["train_ips"], "best_qwk": arm["best"],
+                                         "time_to_usual_best": ratio, "best_model_qwk": plain,
+                                         "best_model_qwk_with_flip": flipped})  # fmt: skip
+        rows.append((name, ratio, arm["best"], arm["train_ips"], len(arm["sides"]), flipped - plain))
+    report.number("levers.usual_recipe_best_qwk", usual["best"])
+    report.say(f"usual recipe: best QWK {usual['best']:.3f} at {usual['seconds_to_best'] / 60:.1f} min, "
+               f"{usual['train_ips']:.1f} img/s")  # fmt: skip
+    for name, ratio, best, ips, epochs, flip in rows:
+        report.say(f"{name:>12}: time to the usual best {'never' if ratio is None else f'{ratio:.2f}'}, best QWK "
+                   f"{best:.3f} ({best - usual['best']:+.3f}), {ips:.1f} img/s, {epochs} epochs, flip TTA "
+                   f"{flip:+.3f} QWK")  # fmt: skip
+
+
+def train_count(tree: Path) -> int:
+    return sum(1 for p in (tree / "train").rglob("*") if p.is_file())
+
+
+def seconds_to(curve: list[tuple[float, float]], qwk: float) -> float | None:
+    return next((t for t, q in curve if q >= qwk), None)
+
+
+def score(predictions: np.ndarray, references: np.ndarray) -> float:
+    from spine_hf.metrics import compute_grading_metrics
+
+    return float(compute_grading_metrics(predictions, references)["qwk"])
+
+
+def usual_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float) -> dict:
+    """The usual recipe with a schedule that ends with the budget, from its own measured speed."""
+    from bench.baseline import run_baseline
+    from spine_hf.model import build_model
+
+    cfg = recipe_config(args, dataset_dir, work / "quality-project")
+    ips = baseline_probe(args, cfg, tree)
+    epochs = max(1, int(budget * ips / train_count(tree)))
+    print(f"  usual recipe: {ips:.1f} img/s in a probe -> {epochs} epochs", flush=True)
     fresh_accelerator_state()
     baseline = run_baseline(
         lambda: build_model(cfg.model), tree / "train", validation_folder(tree), batch_size=args.batch_size,
-        lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, epochs=baseline_epochs, budget_seconds=budget,
-        score=score,
+        lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, epochs=epochs, budget_seconds=budget, score=score,
     )  # fmt: skip
-    base_curve = [(baseline.setup_seconds + t, q) for t, q in baseline.curve]
-    print("  usual recipe: " + ", ".join(f"{t / 60:.1f} min QWK {q:.3f}" for t, q in base_curve), flush=True)
+    curve = [(baseline.setup_seconds + t, q) for t, q in baseline.curve]
+    print("  usual recipe: " + ", ".join(f"{t / 60:.1f} min QWK {q:.3f}" for t, q in curve), flush=True)
+    best = max(q for _, q in curve)
+    return {"curve": curve, "best": best, "seconds_to_best": seconds_to(curve, best),
+            "train_ips": baseline.images_per_second}  # fmt: skip
 
-    project_ips = project_probe(args, dataset_dir, work)
-    project_epochs = max(1, int(budget * project_ips / train_images))
-    print(f"  project: {project_ips:.1f} img/s in a probe -> {project_epochs} epochs", flush=True)
+
+def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, *overrides: str) -> dict:
+    """The project's recipe (with `overrides`), its epochs fitted to the budget from probes at every side it
+    trains at (as the usual recipe's are), not by the recipe's own time budget."""
+    from spine_hf.checkpoints import METRICS_FILE
+    from spine_hf.train import fit, fitting_epochs, prepare, side
+
+    images = train_count(tree)
     run = work / "quality-project"
+    sizing = recipe_config(args, dataset_dir, run, *overrides, "--train.epochs=1000")
+    sides = sorted({side(sizing, epoch, 1000) for epoch in range(1000)})
+    ips = project_probe(args, dataset_dir, work, sides, *overrides)
+    epochs = max(1, fitting_epochs(sizing, lambda s: images / ips[s], budget))
+    print(f"  project: {', '.join(f'{ips[s]:.1f} img/s at {s} px' for s in sides)} in a probe -> {epochs} epochs",
+          flush=True)  # fmt: skip
     shutil.rmtree(run, ignore_errors=True)
-    # The benchmark sizes the run itself (from the probe, as for the usual recipe), not the recipe's budget.
-    cfg = recipe_config(args, dataset_dir, run, f"--train.epochs={project_epochs}", "--train.time_budget_minutes=0",
-                        f"--train.time_limit_minutes={1.25 * args.budget_minutes}")  # fmt: skip
+    cfg = recipe_config(args, dataset_dir, run, *overrides, f"--train.epochs={epochs}", "--train.time_budget_minutes=0",
+                        f"--train.time_limit_minutes={1.25 * budget / 60}")  # fmt: skip
     fresh_accelerator_state()
     setup_start = time.monotonic()  # model, data cache: paid once per run, counted in the project's time
     prepared = prepare(cfg)
     setup = time.monotonic() - setup_start
     fit(prepared)
     history = json.loads((run / METRICS_FILE).read_text())
-    elapsed, project_curve = setup, []
+    elapsed, curve = setup, []
     for record in history:
         elapsed += record["train_seconds"]
-        project_curve.append((elapsed, record[cfg.data.eval_split]["qwk"]))
-    print("  project: " + ", ".join(f"{t / 60:.1f} min QWK {q:.3f}" for t, q in project_curve), flush=True)
-
-    best_base = max(q for _, q in base_curve)
-    time_base = next(t for t, q in base_curve if q >= best_base)
+        curve.append((elapsed, record[cfg.data.eval_split]["qwk"]))
+    print("  project: " + ", ".join(f"{t / 60:.1f} min QWK {q:.3f}" for t, q in curve), flush=True)
     # Within the same budget of training time (the project's run may stop a little later).
-    best_project = max([q for t, q in project_curve if t - setup <= 1.02 * budget] or [float("nan")])
-    time_project = next((t for t, q in project_curve if q >= best_base), None)
-    project_train_ips = train_images * len(history) / max(sum(r["train_seconds"] for r in history), 1e-9)
-    report.number("quality.budget_minutes", args.budget_minutes)
-    report.number("quality.usual_recipe_curve_seconds_qwk", base_curve)
-    report.number("quality.project_curve_seconds_qwk", project_curve)
-    report.number("quality.usual_recipe_best_qwk", best_base)
-    report.number("quality.project_best_qwk_within_budget", best_project)
-    report.number("quality.usual_recipe_seconds_to_its_best", time_base)
-    report.number("quality.project_seconds_to_usual_best", time_project)
-    report.ratio("quality.time_to_usual_best_qwk", None if time_project is None else time_project / time_base, 0.5,
-                 "lower", "project's time to reach the usual recipe's best validation QWK / the usual recipe's time "
-                 "to reach it")  # fmt: skip
-    report.ratio("quality.training_step_speedup", project_train_ips / baseline.images_per_second, 1.0, "higher",
-                 "training img/s of the project's recipe / the usual recipe's, in these two runs")  # fmt: skip
-    report.say(f"best validation QWK within {args.budget_minutes} min of training: usual recipe {best_base:.3f}, "
-               f"project {best_project:.3f}")  # fmt: skip
+    best = max([q for t, q in curve if t - setup <= 1.02 * budget] or [float("nan")])
+    train_ips = images * len(history) / max(sum(r["train_seconds"] for r in history), 1e-9)
+    return {"cfg": cfg, "curve": curve, "best": best, "train_ips": train_ips,
+            "sides": [r.get("side", cfg.model.image_size) for r in history]}  # fmt: skip
 
 
 def baseline_probe(args, cfg, tree: Path) -> float:
@@ -111,12 +191,68 @@ def baseline_probe(args, cfg, tree: Path) -> float:
     def step(pixels, labels):
         train_step(model, {"pixel_values": pixels, "labels": labels}, optimizer, scheduler, accelerator)
 
-    return images_per_second(step, ((b["pixel_values"], b["labels"]) for b in forever(loader)), 6)
+    return images_per_second(step, ((b["pixel_values"], b["labels"]) for b in forever(loader)), PROBE_STEPS, 3)
 
 
-def project_probe(args, dataset_dir: Path, work: Path) -> float:
-    step, _, loader, _ = project_training(args, dataset_dir, work / "probe", 10)
-    return images_per_second(step, step.batches(loader), 6)
+def project_probe(args, dataset_dir: Path, work: Path, sides: list[int], *overrides: str) -> dict[int, float]:
+    """The project's training img/s at each side it will train at."""
+    step, _, loader, _ = project_training(args, dataset_dir, work / "probe", 10, *overrides)
+    speeds = {}
+    for side in sides:
+        step.augment.size = side
+        speeds[side] = images_per_second(step, step.batches(loader), PROBE_STEPS, 3)
+    return speeds
 
 
-# ------------------------------------------------------------------------------------------- run
+def compile_probe(args, dataset_dir: Path, work: Path, report: Report) -> None:
+    """`torch.compile` of the model in the project's training step: what compiling costs, what a step gains,
+    and after how much training the saving has paid the compile back (a run at several sides compiles again
+    at each)."""
+    step, _, loader, _ = project_training(args, dataset_dir, work / "probe", 2)
+    fixed = next(step.batches(loader))  # one full batch again and again: a new shape would compile again
+    eager = images_per_second(step, itertools.repeat(fixed), 6)
+    step.model = torch.compile(step.model)
+    start = time.perf_counter()
+    step(*fixed)
+    step(*fixed)
+    compile_seconds = time.perf_counter() - start
+    compiled = images_per_second(step, itertools.repeat(fixed), 6)
+    eager_again = images_per_second(step_eager(step), itertools.repeat(fixed), 6)
+    speedup = compiled / ((eager + eager_again) / 2)
+    payback = compile_seconds / (1 - 1 / speedup) if speedup > 1 else None  # training seconds to break even
+    report.number("levers.compile", {"compile_seconds": compile_seconds, "compiled_images_per_s": compiled,
+                                     "eager_images_per_s": [eager, eager_again],
+                                     "payback_training_seconds": payback})  # fmt: skip
+    report.say(
+        f"torch.compile of the model: {compile_seconds:.0f} s to compile, {compiled:.1f} img/s against "
+        f"{eager:.1f}/{eager_again:.1f} eager (x{speedup:.2f}): "
+        + ("never pays back" if payback is None else f"pays back after {payback / 60:.1f} min of training")
+    )
+
+
+def step_eager(step):
+    """The same step with the compiled model's original module (same weights and optimizer)."""
+    step.model = getattr(step.model, "_orig_mod", step.model)
+    return step
+
+
+@torch.inference_mode()
+def flip_qwk(cfg, folder: Path) -> tuple[float, float]:
+    """Validation QWK of a saved model as trained, and with its probabilities averaged over the image and its
+    mirror (test-time flip)."""
+    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.model_folder import ModelFolder
+    from spine_hf.transforms import GradeImages, make_loader
+
+    saved = ModelFolder.read(folder)
+    model, preprocessing = saved.load_model().eval(), saved.preprocessing
+    images = GradeImages(load_grade_dataset(cfg.data.dataset)[cfg.data.eval_split], preprocessing, cfg.data, False)
+    plain, flipped, labels = [], [], []
+    for batch, grades in make_loader(images, cfg.train.eval_batch_size, cfg.data, shuffle=False, seed=0):
+        pixels = preprocessing.normalise(batch)
+        probabilities = model(pixels).softmax(1)
+        plain.append(probabilities.argmax(1))
+        flipped.append((probabilities + model(pixels.flip(-1)).softmax(1)).argmax(1))
+        labels.append(grades)
+    references = torch.cat(labels).numpy()
+    return score(torch.cat(plain).numpy(), references), score(torch.cat(flipped).numpy(), references)

@@ -108,13 +108,13 @@ def forever(loader):
         yield from loader
 
 
-def project_training(args, dataset_dir: Path, output_dir: Path, batches: int):
+def project_training(args, dataset_dir: Path, output_dir: Path, batches: int, *overrides: str):
     """The project's step and its training data path over the first `batches` batches of the train split:
     (step, dataset, loader, seconds spent decoding and caching the squares)."""
     from spine_hf.dataset_folder import load_grade_dataset
     from spine_hf.transforms import GradeImages, make_loader
 
-    cfg = recipe_config(args, dataset_dir, output_dir, f"--data.max_samples={args.batch_size * batches}")
+    cfg = recipe_config(args, dataset_dir, output_dir, *overrides, f"--data.max_samples={args.batch_size * batches}")
     step = ProjectStep(cfg)
     split = load_grade_dataset(dataset_dir)[cfg.data.train_split]
     start = time.perf_counter()

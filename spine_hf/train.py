@@ -48,7 +48,7 @@ from spine_hf.model import build_model, resolve_precision
 from spine_hf.model_folder import load_weights, save_for_hub
 from spine_hf.optim import WarmupCosine, make_optimizer
 from spine_hf.preprocessing import Preprocessing
-from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader
+from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader, train_side
 
 
 @dataclass
@@ -106,6 +106,7 @@ def fit(run: Run) -> dict:
             "lr": run.scheduler.get_last_lr()[0],
             "seconds": round(time.monotonic() - epoch_start, 1),
             "train_seconds": round(train_seconds, 2),  # the training part alone, without evaluation
+            "side": run.augment.size,  # of the training images (data.progressive_scale)
             cfg.data.eval_split: metrics,
         }
         improved = state.end_epoch(record, metrics["qwk"])
@@ -213,6 +214,7 @@ def train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     run.model.train()
     run.train_loader.set_epoch(epoch)
+    run.augment.size = side(cfg, epoch, run.epochs)
     batches = run.train_loader
     if state.batches_in_epoch:  # resumed mid-epoch: the same order, minus what was done
         batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
@@ -316,8 +318,12 @@ def _fit_to_budget(run: Run, epoch_seconds: float, eval_seconds: float) -> None:
     test_rows = len(run.dataset[cfg.data.test_split]) if cfg.data.test_split else 0
     # The wrap-up scores the test split (at the validation split's pace) and writes results.
     wrap_up = 2 * eval_seconds * test_rows / max(len(run.eval_loader.dataset), 1) + 5
-    fitting = state.epoch + int((left - wrap_up) / (1.05 * epoch_seconds))  # 5 %: epochs vary
-    epochs = max(state.epoch, min(cfg.train.epochs, fitting))
+    timed_side, train_seconds = run.augment.size, epoch_seconds - eval_seconds
+
+    def seconds_at(side: int) -> float:  # training cost grows with the pixels (an upper bound for a convnet)
+        return 1.05 * (train_seconds * (side / timed_side) ** 2 + eval_seconds)  # 5 %: epochs vary
+
+    epochs = fitting_epochs(cfg, seconds_at, left - wrap_up, state.epoch)
     # Every process must train the same epochs: take the smallest answer.
     epochs = int(accelerator.gather(torch.tensor([epochs], device=accelerator.device)).min())
     state.epochs = run.schedule.epochs = epochs
@@ -326,6 +332,23 @@ def _fit_to_budget(run: Run, epoch_seconds: float, eval_seconds: float) -> None:
         f"its evaluation, {left / 60:.1f} min are left: the schedule runs over {epochs} epochs "
         f"(train.epochs {cfg.train.epochs})"
     )
+
+
+def side(cfg: Config, epoch: int, epochs: int) -> int:
+    """The side of the training images in `epoch` of `epochs` (data.progressive_scale: rising to model.image_size)."""
+    return train_side(epoch, epochs, cfg.model.image_size, cfg.data.progressive_scale)
+
+
+def fitting_epochs(cfg: Config, seconds_at, seconds: float, done: int = 0) -> int:
+    """The most epochs (at least `done`, at most train.epochs) whose epochs after the first `done` fit in
+    `seconds`, when an epoch at side s takes `seconds_at(s)` (the sides depend on the epoch count)."""
+    fitting, cheapest = done, seconds_at(side(cfg, 0, cfg.train.epochs))  # the first epoch's side is the smallest
+    for epochs in range(done + 1, cfg.train.epochs + 1):
+        if (epochs - done) * cheapest > seconds:  # no longer schedule can fit
+            break
+        if sum(seconds_at(side(cfg, epoch, epochs)) for epoch in range(done, epochs)) <= seconds:
+            fitting = epochs
+    return fitting
 
 
 def _load_metric(accelerator: Accelerator):

@@ -12,6 +12,8 @@ can be turned off where laterality matters. It runs on the training device, afte
 (`BatchAugment`): each image gets its own random crop, rotation and flip, but all of them are one
 affine sampling grid + `grid_sample` over the batch, so even on a small CPU it costs a few percent
 of a training step (per-image torchvision transforms cost about a tenth), and on a GPU next to nothing.
+With progressive resizing (`data.progressive_scale`) the early epochs sample smaller crops from the
+same squares (`train_side`), so they cost a fraction of the later ones.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from spine_hf.square_cache import default_cache_folder, open_squares
 
 # Training squares are this much larger than the model input, so that crops have room.
 TRAIN_MARGIN = 1.15
+# Progressive resizing: sides are multiples of this, and the full side is reached by this part of the run.
+SIDE_STEP = 16
+RAMP_END = 0.75
 
 
 class GradeImages(Dataset):
@@ -142,6 +147,17 @@ class BatchAugment:
             if not pending.any():
                 break
         return width, height
+
+
+def train_side(epoch: int, epochs: int, full: int, scale: float = 0.0) -> int:
+    """The side training images have in `epoch` (0-based) of `epochs`: `full` throughout without progressive
+    resizing (`scale` 0), else `scale * full` (a multiple of `SIDE_STEP`) in the first epoch, rising linearly
+    in steps of `SIDE_STEP` to `full`, which the epochs from `RAMP_END` of the run on (and the last) keep."""
+    start = max(SIDE_STEP, int(scale * full) // SIDE_STEP * SIDE_STEP)
+    ramp = max(1, math.ceil(RAMP_END * epochs) - 1)  # the first epoch at the full side
+    if not scale or start >= full or epoch >= min(ramp, epochs - 1):
+        return full
+    return min(full, start + int((full - start) * epoch / ramp) // SIDE_STEP * SIDE_STEP)
 
 
 def grade_counts(labels: Sequence[int]) -> list[int]:

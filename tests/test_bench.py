@@ -66,6 +66,28 @@ def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys
     assert quality["numbers"]["quality.project_curve_seconds_qwk"]
     assert "quality.time_to_usual_best_qwk" in quality["ratios"]
     assert quality["ratios"]["quality.training_step_speedup"]["value"] > 0
+    assert quality["numbers"]["quality.project_epochs_and_sides"]
+
+
+@pytest.mark.slow
+def test_bench_levers_runs_each_lever_alone_and_together(phantom_split, tmp_path, capsys):
+    assert main(["levers", "--model", "test_resnet", "--image-size", "64", "--batch-size", "4", "--data",
+                 str(phantom_split), "--work", str(tmp_path / "work"), "--budget-minutes", "0.05", "--precision",
+                 "fp32", "--levers", "progressive,lr", "--json", str(tmp_path / "l.json")]) == 0  # fmt: skip
+    numbers = json.loads((tmp_path / "l.json").read_text())["numbers"]
+    assert list(numbers["levers.arms"]) == ["before", "progressive", "lr", "together"]
+    assert numbers["levers.arms"]["together"] == [*numbers["levers.arms"]["progressive"], *numbers["levers.arms"]["lr"]]
+    assert set(numbers["levers.progressive"]["epochs_and_sides"]) <= {48, 64}  # 0.75 of 64 px, then 64
+    assert numbers["levers.progressive"]["epochs_and_sides"][0] == 48
+    assert set(numbers["levers.before"]["epochs_and_sides"]) == {64}
+    for arm in ("before", "progressive", "lr", "together"):
+        entry = numbers[f"levers.{arm}"]
+        assert entry["curve_seconds_qwk"] and -1 <= entry["best_model_qwk_with_flip"] <= 1
+    assert "levers.compile" not in numbers  # not asked for
+    printed = capsys.readouterr().out
+    assert "together: time to the usual best" in printed
+    with pytest.raises(SystemExit, match="unknown"):
+        main(["levers", "--levers", "warp", "--data", str(phantom_split), "--work", str(tmp_path / "work")])
 
 
 def test_the_baseline_is_the_example_scripts_recipe():

@@ -61,12 +61,15 @@ def test_timm_backbone_trains_and_its_folder_loads_in_pipeline_and_timm(tmp_path
     from spine_hf.train import train
 
     out = tmp_path / "run"
-    result = train(parse_config(_args(tiny_dataset, out, "--train.epochs=2", "--train.tensorboard=true")))
+    # Progressive resizing: the first epoch trains at 32 px, the last at the 64 px the model is saved with.
+    args = _args(tiny_dataset, out, "--train.epochs=2", "--train.tensorboard=true", "--data.progressive_scale=0.5")
+    result = train(parse_config(args))
     dataset = load_grade_dataset(tiny_dataset)
     assert result["validation"]["count"] == dataset["validation"].num_rows
     assert result["test"]["count"] == dataset["test"].num_rows
     history = _history(out)
     assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["side"] for r in history] == [32, 64]
     assert set(history[0]["validation"]) >= {
         "qwk",
         "accuracy",
@@ -228,8 +231,32 @@ def test_one_and_two_processes_score_the_same_weights_image_by_image(tmp_path, t
     assert _history(one)[0]["validation"] == _history(two)[0]["validation"]
 
 
+def test_the_epochs_that_fit_count_the_cheaper_early_epochs_of_progressive_resizing(tmp_path, tiny_dataset):
+    from spine_hf.train import fitting_epochs, side
+
+    def seconds_at(side: int) -> float:  # 10 s an epoch at 128 px, less with fewer pixels
+        return 10 * (side / 128) ** 2
+
+    plain = parse_config(_args(tiny_dataset, tmp_path, "--train.epochs=100", "--model.image_size=128"))
+    assert fitting_epochs(plain, seconds_at, 300) == 30
+    assert fitting_epochs(plain, seconds_at, 300, done=4) == 34  # 300 s after the first 4 epochs
+    assert fitting_epochs(plain, seconds_at, 5) == 0  # not even one
+    cfg = parse_config(_args(tiny_dataset, tmp_path, "--train.epochs=100", "--model.image_size=128",
+                             "--data.progressive_scale=0.75"))  # fmt: skip
+    epochs = fitting_epochs(cfg, seconds_at, 300)
+
+    def cost(epochs: int) -> float:
+        return sum(seconds_at(side(cfg, epoch, epochs)) for epoch in range(epochs))
+
+    assert 30 < epochs < 100 and cost(epochs) <= 300 and all(cost(more) > 300 for more in range(epochs + 1, 101))
+    capped = parse_config(_args(tiny_dataset, tmp_path, "--train.epochs=12", "--model.image_size=128",
+                                "--data.progressive_scale=0.75"))  # fmt: skip
+    assert fitting_epochs(capped, seconds_at, 300) == 12  # never more than train.epochs
+
+
 @pytest.mark.slow
-def test_a_time_budget_fits_the_whole_schedule_into_it(tmp_path, tiny_dataset, capsys):
+@pytest.mark.parametrize("progressive", [0.0, 0.5])
+def test_a_time_budget_fits_the_whole_schedule_into_it(tmp_path, tiny_dataset, capsys, progressive):
     import torch
 
     from spine_hf.train import train
@@ -238,7 +265,8 @@ def test_a_time_budget_fits_the_whole_schedule_into_it(tmp_path, tiny_dataset, c
     budget_minutes, lr, min_ratio = 0.25, 0.003, 0.01
     start = time.monotonic()
     cfg = parse_config(_args(tiny_dataset, out, "--train.epochs=1000", f"--train.time_budget_minutes={budget_minutes}",
-                             f"--optim.lr={lr}", f"--optim.min_lr_ratio={min_ratio}"))  # fmt: skip
+                             f"--optim.lr={lr}", f"--optim.min_lr_ratio={min_ratio}",
+                             f"--data.progressive_scale={progressive}"))  # fmt: skip
     train(cfg)
     elapsed = time.monotonic() - start
     assert elapsed <= 1.2 * 60 * budget_minutes  # the budget holds, with some room for a noisy machine
@@ -246,6 +274,7 @@ def test_a_time_budget_fits_the_whole_schedule_into_it(tmp_path, tiny_dataset, c
     printed = capsys.readouterr().out
     chosen = int(re.search(r"the schedule runs over (\d+) epochs", printed).group(1))
     assert 1 < chosen < 1000 and len(history) == chosen
+    assert history[0]["side"] == (32 if progressive else 64) and history[-1]["side"] == 64
     # The schedule completed: the last steps ran at the floor of the cosine, not at a learning rate cut short.
     assert history[-1]["lr"] == pytest.approx(lr * min_ratio, rel=0.05)
     assert history[0]["lr"] == pytest.approx(lr, rel=0.05)  # end of the one-epoch warmup

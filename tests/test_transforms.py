@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from spine_hf.config import DataConfig
 from spine_hf.preprocessing import Preprocessing
-from spine_hf.transforms import BatchAugment, collate_squares
+from spine_hf.transforms import RAMP_END, SIDE_STEP, BatchAugment, collate_squares, train_side
 
 PREP = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -86,3 +88,24 @@ def test_the_sampling_grid_and_normalisation_match_torchs_reference():
     gray = pixels[:, :1] * 0.229 + 0.485  # every channel is the same grey, normalised per channel
     torch.testing.assert_close(pixels[:, 1:2] * 0.224 + 0.456, gray, atol=1e-5, rtol=0)
     torch.testing.assert_close(pixels[:, 2:3] * 0.225 + 0.406, gray, atol=1e-5, rtol=0)
+
+
+def test_progressive_sides_rise_in_steps_to_the_full_side_and_end_there():
+    for epochs in (2, 3, 10, 17, 40):
+        sides = [train_side(epoch, epochs, 128, 0.75) for epoch in range(epochs)]
+        assert sides[0] == 96 and sides[-1] == 128, sides
+        assert sides == sorted(sides) and all(side % SIDE_STEP == 0 for side in sides)
+        assert set(sides[max(0, math.ceil(RAMP_END * epochs) - 1) :]) == {128}, sides  # the last quarter at full size
+        if epochs >= 10:
+            assert set(sides) == {96, 112, 128}
+    assert {train_side(epoch, 10, 128) for epoch in range(10)} == {128}  # off
+    assert train_side(0, 1, 128, 0.75) == 128  # a one-epoch run trains at the size it is evaluated at
+    assert train_side(0, 10, 224, 0.75) == 160  # 168 rounded down to a multiple of 16
+    assert train_side(0, 10, 32, 0.3) == 16  # never below one step
+
+
+def test_the_augmentation_samples_at_the_side_it_is_set_to():
+    augment = BatchAugment(DataConfig(), PREP)
+    augment.size = 16
+    pixels, _ = _apply(augment, _rows())
+    assert pixels.shape == (8, 3, 16, 16)
