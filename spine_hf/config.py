@@ -44,9 +44,12 @@ class DataConfig:
     # Random brightness and contrast change (+-fraction); intensity only, never colour.
     intensity: float = 0.2
     # Progressive resizing: the first epoch trains at this fraction of model.image_size (e.g. 0.75: 96 of
-    # 128 px), which rises in steps of 16 px to model.image_size by three quarters of the epochs (low
-    # resolution early is cheap); evaluation and the saved model always use model.image_size. 0 = off.
+    # 128 px), which rises in steps of 16 px to model.image_size by data.progressive_until of the epochs
+    # (low resolution early is cheap); evaluation and the saved model always use model.image_size. 0 = off.
     progressive_scale: float = 0.0
+    # The part of the epochs by which progressive resizing reaches model.image_size (FFCV ramps late, e.g.
+    # 0.75; an earlier end trains longer at the size the model is evaluated and published at).
+    progressive_until: float = 0.75
     # "none", or "balanced" to draw every grade equally often.
     sampler: str = "none"
     # Folder for the decoded cache (each split's images decoded once, as squares every process maps);
@@ -63,6 +66,7 @@ class DataConfig:
         _check(0 <= self.intensity < 1, "data.intensity must be in [0, 1)")
         _check(self.num_workers >= 0 and self.max_samples >= 0, "data.num_workers/max_samples must be >= 0")
         _check(0 <= self.progressive_scale < 1, "data.progressive_scale must be in [0, 1) (0 = off)")
+        _check(0 < self.progressive_until <= 1, "data.progressive_until must be in (0, 1]")
 
 
 @dataclass

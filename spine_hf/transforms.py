@@ -33,7 +33,7 @@ from spine_hf.square_cache import default_cache_folder, open_squares
 
 # Training squares are this much larger than the model input, so that crops have room.
 TRAIN_MARGIN = 1.15
-# Progressive resizing: sides are multiples of this, and the full side is reached by this part of the run.
+# Progressive resizing: sides are multiples of this, and by default the full side is reached by this part of the run.
 SIDE_STEP = 16
 RAMP_END = 0.75
 
@@ -149,12 +149,12 @@ class BatchAugment:
         return width, height
 
 
-def train_side(epoch: int, epochs: int, full: int, scale: float = 0.0) -> int:
+def train_side(epoch: int, epochs: int, full: int, scale: float = 0.0, until: float = RAMP_END) -> int:
     """The side training images have in `epoch` (0-based) of `epochs`: `full` throughout without progressive
     resizing (`scale` 0), else `scale * full` (a multiple of `SIDE_STEP`) in the first epoch, rising linearly
-    in steps of `SIDE_STEP` to `full`, which the epochs from `RAMP_END` of the run on (and the last) keep."""
+    in steps of `SIDE_STEP` to `full`, which the epochs from `until` of the run on (and the last) keep."""
     start = max(SIDE_STEP, int(scale * full) // SIDE_STEP * SIDE_STEP)
-    ramp = max(1, math.ceil(RAMP_END * epochs) - 1)  # the first epoch at the full side
+    ramp = max(1, math.ceil(until * epochs) - 1)  # the first epoch at the full side
     if not scale or start >= full or epoch >= min(ramp, epochs - 1):
         return full
     return min(full, start + int((full - start) * epoch / ramp) // SIDE_STEP * SIDE_STEP)

@@ -102,6 +102,8 @@ def test_progressive_sides_rise_in_steps_to_the_full_side_and_end_there():
     assert train_side(0, 1, 128, 0.75) == 128  # a one-epoch run trains at the size it is evaluated at
     assert train_side(0, 10, 224, 0.75) == 160  # 168 rounded down to a multiple of 16
     assert train_side(0, 10, 32, 0.3) == 16  # never below one step
+    early = [train_side(epoch, 20, 128, 0.75, until=0.5) for epoch in range(20)]
+    assert early[0] == 96 and set(early[9:]) == {128} and early[8] < 128  # full size from half the run on
 
 
 def test_the_augmentation_samples_at_the_side_it_is_set_to():
