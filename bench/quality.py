@@ -62,6 +62,17 @@ def bench_quality(args, report: Report, work: Path, tree: Path) -> None:
                  "training img/s of the project's recipe / the usual recipe's, in these two runs")  # fmt: skip
     report.say(f"best validation QWK within {args.budget_minutes} min of training: usual recipe {best_base:.3f}, "
                f"project {project['best']:.3f}")  # fmt: skip
+    check_sizing(report, "quality", budget, usual=usual, project=project)
+
+
+def check_sizing(report: Report, prefix: str, budget: float, **arms: dict) -> None:
+    """Each arm's training seconds, and a warning where a probe that read slow (a busy machine) made an arm
+    train much less than the budget: its comparison with the others is then not like with like."""
+    for name, arm in arms.items():
+        report.number(f"{prefix}.{name}_trained_seconds", arm["trained"])
+        if arm["trained"] < 0.9 * budget:
+            report.say(f"WARNING: {name} trained {arm['trained'] / 60:.1f} of {budget / 60:g} min (its speed probe "
+                       "read slow): not a like-for-like comparison; rerun on a quiet machine")  # fmt: skip
 
 
 def bench_levers(args, report: Report, work: Path, tree: Path) -> None:
@@ -83,6 +94,7 @@ def bench_levers(args, report: Report, work: Path, tree: Path) -> None:
         compile_probe(args, dataset_dir, work, report)
     usual = usual_arm(args, dataset_dir, work, tree, budget)
     report.number("levers.usual_recipe_curve_seconds_qwk", usual["curve"])
+    check_sizing(report, "levers", budget, usual=usual)
     rows = []
     for name, overrides in arms.items():
         arm = project_arm(args, dataset_dir, work, tree, budget, *LEVER_BASE, *overrides)
@@ -94,6 +106,7 @@ def bench_levers(args, report: Report, work: Path, tree: Path) -> None:
                                          "time_to_usual_best": ratio, "best_model_qwk": plain,
                                          "best_model_qwk_with_flip": flipped})  # fmt: skip
         rows.append((name, ratio, arm["best"], arm["train_ips"], len(arm["sides"]), flipped - plain))
+        check_sizing(report, "levers", budget, **{name: arm})
     report.number("levers.usual_recipe_best_qwk", usual["best"])
     report.say(f"usual recipe: best QWK {usual['best']:.3f} at {usual['seconds_to_best'] / 60:.1f} min, "
                f"{usual['train_ips']:.1f} img/s")  # fmt: skip
@@ -135,7 +148,7 @@ def usual_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float) ->
     print("  usual recipe: " + ", ".join(f"{t / 60:.1f} min QWK {q:.3f}" for t, q in curve), flush=True)
     best = max(q for _, q in curve)
     return {"curve": curve, "best": best, "seconds_to_best": seconds_to(curve, best),
-            "train_ips": baseline.images_per_second}  # fmt: skip
+            "train_ips": baseline.images_per_second, "trained": baseline.curve[-1][0]}  # fmt: skip
 
 
 def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, *overrides: str) -> dict:
@@ -169,7 +182,7 @@ def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, 
     # Within the same budget of training time (the project's run may stop a little later).
     best = max([q for t, q in curve if t - setup <= 1.02 * budget] or [float("nan")])
     train_ips = images * len(history) / max(sum(r["train_seconds"] for r in history), 1e-9)
-    return {"cfg": cfg, "curve": curve, "best": best, "train_ips": train_ips,
+    return {"cfg": cfg, "curve": curve, "best": best, "train_ips": train_ips, "trained": elapsed - setup,
             "sides": [r.get("side", cfg.model.image_size) for r in history]}  # fmt: skip
 
 

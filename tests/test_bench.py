@@ -67,6 +67,10 @@ def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys
     assert "quality.time_to_usual_best_qwk" in quality["ratios"]
     assert quality["ratios"]["quality.training_step_speedup"]["value"] > 0
     assert quality["numbers"]["quality.project_epochs_and_sides"]
+    assert (
+        quality["numbers"]["quality.usual_trained_seconds"] > 0
+        and quality["numbers"]["quality.project_trained_seconds"] > 0
+    )
 
 
 @pytest.mark.slow
