@@ -183,7 +183,7 @@ def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, 
     best = max([q for t, q in curve if t - setup <= 1.02 * budget] or [float("nan")])
     train_ips = images * len(history) / max(sum(r["train_seconds"] for r in history), 1e-9)
     return {"cfg": cfg, "curve": curve, "best": best, "train_ips": train_ips, "trained": elapsed - setup,
-            "sides": [r.get("side", cfg.model.image_size) for r in history]}  # fmt: skip
+            "sides": [r["side"] for r in history]}  # fmt: skip
 
 
 def baseline_probe(args, cfg, tree: Path) -> float:

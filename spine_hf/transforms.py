@@ -33,9 +33,8 @@ from spine_hf.square_cache import default_cache_folder, open_squares
 
 # Training squares are this much larger than the model input, so that crops have room.
 TRAIN_MARGIN = 1.15
-# Progressive resizing: sides are multiples of this, and by default the full side is reached by this part of the run.
+# Progressive resizing: training sides are multiples of this.
 SIDE_STEP = 16
-RAMP_END = 0.75
 
 
 class GradeImages(Dataset):
@@ -149,10 +148,11 @@ class BatchAugment:
         return width, height
 
 
-def train_side(epoch: int, epochs: int, full: int, scale: float = 0.0, until: float = RAMP_END) -> int:
+def train_side(epoch: int, epochs: int, full: int, scale: float, until: float) -> int:
     """The side training images have in `epoch` (0-based) of `epochs`: `full` throughout without progressive
     resizing (`scale` 0), else `scale * full` (a multiple of `SIDE_STEP`) in the first epoch, rising linearly
-    in steps of `SIDE_STEP` to `full`, which the epochs from `until` of the run on (and the last) keep."""
+    in steps of `SIDE_STEP` to `full`, which the epochs from `until` of the run on (and the last) keep
+    (`data.progressive_scale` and `data.progressive_until`, whose defaults the config owns)."""
     start = max(SIDE_STEP, int(scale * full) // SIDE_STEP * SIDE_STEP)
     ramp = max(1, math.ceil(until * epochs) - 1)  # the first epoch at the full side
     if not scale or start >= full or epoch >= min(ramp, epochs - 1):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from spine_hf.config import DataConfig
 from spine_hf.preprocessing import Preprocessing
-from spine_hf.transforms import RAMP_END, SIDE_STEP, BatchAugment, collate_squares, train_side
+from spine_hf.transforms import SIDE_STEP, BatchAugment, collate_squares, train_side
 
 PREP = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -91,18 +91,20 @@ def test_the_sampling_grid_and_normalisation_match_torchs_reference():
 
 
 def test_progressive_sides_rise_in_steps_to_the_full_side_and_end_there():
+    until = DataConfig().progressive_until  # the default: full size from three quarters of the run on
+    assert until == 0.75
     for epochs in (2, 3, 10, 17, 40):
-        sides = [train_side(epoch, epochs, 128, 0.75) for epoch in range(epochs)]
+        sides = [train_side(epoch, epochs, 128, 0.75, until) for epoch in range(epochs)]
         assert sides[0] == 96 and sides[-1] == 128, sides
         assert sides == sorted(sides) and all(side % SIDE_STEP == 0 for side in sides)
-        assert set(sides[max(0, math.ceil(RAMP_END * epochs) - 1) :]) == {128}, sides  # the last quarter at full size
+        assert set(sides[max(0, math.ceil(until * epochs) - 1) :]) == {128}, sides  # the last quarter at full size
         if epochs >= 10:
             assert set(sides) == {96, 112, 128}
-    assert {train_side(epoch, 10, 128) for epoch in range(10)} == {128}  # off
-    assert train_side(0, 1, 128, 0.75) == 128  # a one-epoch run trains at the size it is evaluated at
-    assert train_side(0, 10, 224, 0.75) == 160  # 168 rounded down to a multiple of 16
-    assert train_side(0, 10, 32, 0.3) == 16  # never below one step
-    early = [train_side(epoch, 20, 128, 0.75, until=0.5) for epoch in range(20)]
+    assert {train_side(epoch, 10, 128, 0.0, until) for epoch in range(10)} == {128}  # off
+    assert train_side(0, 1, 128, 0.75, until) == 128  # a one-epoch run trains at the size it is evaluated at
+    assert train_side(0, 10, 224, 0.75, until) == 160  # 168 rounded down to a multiple of 16
+    assert train_side(0, 10, 32, 0.3, until) == 16  # never below one step
+    early = [train_side(epoch, 20, 128, 0.75, 0.5) for epoch in range(20)]
     assert early[0] == 96 and set(early[9:]) == {128} and early[8] < 128  # full size from half the run on
 
 
