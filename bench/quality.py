@@ -27,9 +27,17 @@ from bench.speed import forever, fresh_accelerator_state, images_per_second, pro
 PROBE_STEPS = 12
 
 # The recipe without the levers (as it stood at issue 16), then each lever as overrides on top of it.
-LEVER_BASE = ("--data.progressive_scale=0", "--optim.lr=0.002", "--optim.warmup_epochs=1", "--optim.label_smoothing=0")
+LEVER_BASE = (
+    "--data.progressive_scale=0",
+    "--data.full_side_min_scale=0",
+    "--optim.lr=0.002",
+    "--optim.warmup_epochs=1",
+    "--optim.label_smoothing=0",
+)
 LEVERS = {
     "progressive": ("--data.progressive_scale=0.75",),
+    # The light crop at full side acts only with progressive resizing, so this lever brings it along.
+    "crop": ("--data.progressive_scale=0.75", "--data.full_side_min_scale=0.85"),
     "lr": ("--optim.lr=0.004", "--optim.warmup_epochs=0.3", "--optim.label_smoothing=0.1"),
     "blurpool": ("--model.name=resnetblur18",),
 }

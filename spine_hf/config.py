@@ -50,6 +50,10 @@ class DataConfig:
     # The part of the epochs by which progressive resizing reaches model.image_size (FFCV ramps late, e.g.
     # 0.75; an earlier end trains longer at the size the model is evaluated and published at).
     progressive_until: float = 0.75
+    # With progressive resizing, data.min_scale for the epochs at model.image_size (0 = data.min_scale
+    # throughout). A strong crop's zoom lets the small early sides transfer to evaluation at full size; a
+    # lighter one at full size trains at the scale the model is evaluated at (FixRes: Touvron et al. 2019).
+    full_side_min_scale: float = 0.0
     # "none", or "balanced" to draw every grade equally often.
     sampler: str = "none"
     # Folder for the decoded cache (each split's images decoded once, as squares every process maps);
@@ -67,6 +71,12 @@ class DataConfig:
         _check(self.num_workers >= 0 and self.max_samples >= 0, "data.num_workers/max_samples must be >= 0")
         _check(0 <= self.progressive_scale < 1, "data.progressive_scale must be in [0, 1) (0 = off)")
         _check(0 < self.progressive_until <= 1, "data.progressive_until must be in (0, 1]")
+        _check(0 <= self.full_side_min_scale <= 1, "data.full_side_min_scale must be in [0, 1] (0 = data.min_scale)")
+        _check(
+            not self.full_side_min_scale or self.progressive_scale,
+            "data.full_side_min_scale acts only with progressive resizing (data.progressive_scale > 0); "
+            "without it every epoch is at full side: set data.min_scale instead",
+        )
 
 
 @dataclass

@@ -77,7 +77,8 @@ def collate_squares(rows: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Ten
 class BatchAugment:
     """Augment and normalise a batch of uint8 squares where it lies (B x 1 x S x S -> B x 3 x size x size).
 
-    Per image: a crop of `min_scale`..1 of the area with aspect 0.8..1.25 (as RandomResizedCrop), a
+    Per image: a crop of `min_scale`..1 of the area (`full_side_min_scale`, when set, once `size` is the
+    model's input size) with aspect 0.8..1.25 (as RandomResizedCrop), a
     rotation of up to `rotate` degrees, a horizontal flip (when `hflip`), then brightness and contrast
     factors in 1 +- `intensity` (as ColorJitter). The crop, rotation and flip of every image are one
     affine map, applied to the whole batch by a single bilinear `grid_sample` (zeros outside the
@@ -131,13 +132,19 @@ class BatchAugment:
         y = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
         return torch.stack([x, y], dim=-1)
 
+    @property
+    def min_scale(self) -> float:
+        """The smallest crop area at the current side: data.full_side_min_scale at full side, if set."""
+        full = self.size >= self.preprocessing.size and self.cfg.full_side_min_scale
+        return self.cfg.full_side_min_scale if full else self.cfg.min_scale
+
     def _crop_sizes(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Crop width and height as fractions of the side, drawn as RandomResizedCrop draws them: area
         fraction and log-uniform aspect, redrawn up to 10 times until the crop fits, else the whole image."""
         width, height = torch.ones(count), torch.ones(count)
         pending = torch.ones(count, dtype=torch.bool)
         for _ in range(10):
-            area = torch.empty(count).uniform_(self.cfg.min_scale, 1.0)
+            area = torch.empty(count).uniform_(self.min_scale, 1.0)
             aspect = torch.exp(torch.empty(count).uniform_(math.log(0.8), math.log(1.25)))
             w, h = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
             fits = pending & (w <= 1) & (h <= 1)

@@ -26,6 +26,8 @@ def test_defaults_yaml_and_command_line_overrides(tmp_path):
         (["--train.ema_decay=1.5"], "ema_decay"),
         (["--data.min_scale=0"], "min_scale"),
         (["--data.progressive_scale=1"], "data.progressive_scale must be in [0, 1)"),
+        (["--data.full_side_min_scale=1.5"], "data.full_side_min_scale must be in [0, 1]"),
+        (["--data.full_side_min_scale=0.85"], "acts only with progressive resizing"),
     ],
 )
 def test_bad_values_and_unknown_keys_are_refused(args, message):

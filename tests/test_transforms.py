@@ -113,3 +113,18 @@ def test_the_augmentation_samples_at_the_side_it_is_set_to():
     augment.size = 16
     pixels, _ = _apply(augment, _rows())
     assert pixels.shape == (8, 3, 16, 16)
+
+
+def test_the_crop_is_lighter_at_full_side_only_when_asked():
+    cfg = DataConfig(min_scale=0.3, progressive_scale=0.75, full_side_min_scale=0.9, rotate=0.0, intensity=0.0)
+    augment = BatchAugment(cfg, PREP)
+    torch.manual_seed(0)
+    augment.size = 16  # below the model's 32 px: the strong crop
+    assert augment.min_scale == 0.3
+    width, height = augment._crop_sizes(4000)
+    assert (width * height).min() < 0.35
+    augment.size = PREP.size  # at full side: the light crop
+    assert augment.min_scale == 0.9
+    width, height = augment._crop_sizes(4000)
+    assert (width * height).min() >= 0.9 - 1e-6
+    assert BatchAugment(DataConfig(min_scale=0.3, progressive_scale=0.75), PREP).min_scale == 0.3  # 0 = min_scale
