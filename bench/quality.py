@@ -34,10 +34,11 @@ LEVER_BASE = (
     "--optim.warmup_epochs=1",
     "--optim.label_smoothing=0",
 )
+PROGRESSIVE = ("--data.progressive_scale=0.75",)
 LEVERS = {
-    "progressive": ("--data.progressive_scale=0.75",),
+    "progressive": PROGRESSIVE,
     # The light crop at full side acts only with progressive resizing, so this lever brings it along.
-    "crop": ("--data.progressive_scale=0.75", "--data.full_side_min_scale=0.85"),
+    "crop": (*PROGRESSIVE, "--data.full_side_min_scale=0.85"),
     "lr": ("--optim.lr=0.004", "--optim.warmup_epochs=0.3", "--optim.label_smoothing=0.1"),
     "blurpool": ("--model.name=resnetblur18",),
 }

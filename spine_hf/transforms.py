@@ -142,9 +142,9 @@ class BatchAugment:
         """Crop width and height as fractions of the side, drawn as RandomResizedCrop draws them: area
         fraction and log-uniform aspect, redrawn up to 10 times until the crop fits, else the whole image."""
         width, height = torch.ones(count), torch.ones(count)
-        pending = torch.ones(count, dtype=torch.bool)
+        pending, min_scale = torch.ones(count, dtype=torch.bool), self.min_scale
         for _ in range(10):
-            area = torch.empty(count).uniform_(self.min_scale, 1.0)
+            area = torch.empty(count).uniform_(min_scale, 1.0)
             aspect = torch.exp(torch.empty(count).uniform_(math.log(0.8), math.log(1.25)))
             w, h = torch.sqrt(area * aspect), torch.sqrt(area / aspect)
             fits = pending & (w <= 1) & (h <= 1)

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from conftest import REPO
 
 from bench.__main__ import main
 from bench.report import Ratio
@@ -186,3 +187,12 @@ def test_bench_trust_measures_coverage_and_referral(trusted_model, trained_model
     assert 1 <= shipped["mean_width"] <= 5 and len(shipped["per_grade_mean_width"]) == 5
     # Halves of 20 images hold too few for 1 % and 2 % referral rates: those are not measured, not made up.
     assert list(numbers["trust.referred"]) == ["0.05"] and ratios["trust.referred_validation"]["value"] is None
+
+
+def test_every_lever_parses_on_the_lever_base():
+    from bench.quality import LEVER_BASE, LEVERS
+    from spine_hf.config import parse_config
+
+    for name, overrides in LEVERS.items():
+        cfg = parse_config(["--config_path", str(REPO / "configs/knee-cpu.yaml"), *LEVER_BASE, *overrides])
+        assert cfg.data.full_side_min_scale == (0.85 if name == "crop" else 0), name
