@@ -196,3 +196,16 @@ def test_every_lever_parses_on_the_lever_base():
     for name, overrides in LEVERS.items():
         cfg = parse_config(["--config_path", str(REPO / "configs/knee-cpu.yaml"), *LEVER_BASE, *overrides])
         assert cfg.data.full_side_min_scale == (0.85 if name == "crop" else 0), name
+
+
+def test_sizing_warns_of_an_arm_far_from_the_budget(capsys):
+    from bench.quality import check_sizing
+    from bench.report import Report
+
+    report = Report({})
+    check_sizing(report, "quality", 600.0, usual={"trained": 590.0}, short={"trained": 500.0}, long={"trained": 700.0})
+    printed = capsys.readouterr().out
+    assert report.numbers["quality.short_trained_seconds"] == 500.0
+    assert "usual trained" not in printed
+    assert "WARNING: short trained 8.3 of 10 min" in printed
+    assert "note: long trained 11.7 of 10 min" in printed and "not counted" in printed
