@@ -31,6 +31,7 @@ PROBE_STEPS = 20
 LEVER_BASE = (
     "--data.progressive_scale=0",
     "--data.full_side_min_scale=0",
+    "--data.full_side_rotate=-1",
     "--optim.lr=0.002",
     "--optim.warmup_epochs=1",
     "--optim.label_smoothing=0",
@@ -40,6 +41,7 @@ LEVERS = {
     "progressive": PROGRESSIVE,
     # The light crop at full side acts only with progressive resizing, so this lever brings it along.
     "crop": (*PROGRESSIVE, "--data.full_side_min_scale=0.85"),
+    "rotate": (*PROGRESSIVE, "--data.full_side_rotate=5"),  # the same: a lighter rotation at full side
     "lr": ("--optim.lr=0.004", "--optim.warmup_epochs=0.3", "--optim.label_smoothing=0.1"),
     "blurpool": ("--model.name=resnetblur18",),
 }

@@ -54,6 +54,10 @@ class DataConfig:
     # throughout). A strong crop's zoom lets the small early sides transfer to evaluation at full size; a
     # lighter one at full size trains at the scale the model is evaluated at (FixRes: Touvron et al. 2019).
     full_side_min_scale: float = 0.0
+    # With progressive resizing, data.rotate for the epochs at model.image_size (-1 = data.rotate throughout):
+    # strong augmentation helps the small early sides most; at full size a lighter one trains nearer the
+    # images the model is evaluated on.
+    full_side_rotate: float = -1.0
     # "none", or "balanced" to draw every grade equally often.
     sampler: str = "none"
     # Folder for the decoded cache (each split's images decoded once, as squares every process maps);
@@ -76,6 +80,15 @@ class DataConfig:
             not self.full_side_min_scale or self.progressive_scale,
             "data.full_side_min_scale acts only with progressive resizing (data.progressive_scale > 0); "
             "without it every epoch is at full side: set data.min_scale instead",
+        )
+        _check(
+            self.full_side_rotate == -1 or self.full_side_rotate >= 0,
+            "data.full_side_rotate must be >= 0 (-1 = data.rotate)",
+        )
+        _check(
+            self.full_side_rotate == -1 or self.progressive_scale,
+            "data.full_side_rotate acts only with progressive resizing (data.progressive_scale > 0); "
+            "without it every epoch is at full side: set data.rotate instead",
         )
 
 

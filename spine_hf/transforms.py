@@ -77,9 +77,9 @@ def collate_squares(rows: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Ten
 class BatchAugment:
     """Augment and normalise a batch of uint8 squares where it lies (B x 1 x S x S -> B x 3 x size x size).
 
-    Per image: a crop of `min_scale`..1 of the area (`full_side_min_scale`, when set, once `size` is the
-    model's input size) with aspect 0.8..1.25 (as RandomResizedCrop), a
-    rotation of up to `rotate` degrees, a horizontal flip (when `hflip`), then brightness and contrast
+    Per image: a crop of `min_scale`..1 of the area with aspect 0.8..1.25 (as RandomResizedCrop), a
+    rotation of up to `rotate` degrees (`full_side_min_scale` and `full_side_rotate`, when set, once
+    `size` is the model's input size), a horizontal flip (when `hflip`), then brightness and contrast
     factors in 1 +- `intensity` (as ColorJitter). The crop, rotation and flip of every image are one
     affine map, applied to the whole batch by a single bilinear `grid_sample` (zeros outside the
     image, like a rotated radiograph's corners). The random numbers are drawn on the CPU from torch's
@@ -100,7 +100,8 @@ class BatchAugment:
         # Centre anywhere that keeps the crop inside the square (normalised coordinates, -1..1).
         centre_x = (1 - width) * torch.empty(count).uniform_(-1, 1)
         centre_y = (1 - height) * torch.empty(count).uniform_(-1, 1)
-        angle = torch.empty(count).uniform_(-cfg.rotate, cfg.rotate) * (math.pi / 180)
+        rotate = self.rotate
+        angle = torch.empty(count).uniform_(-rotate, rotate) * (math.pi / 180)
         flip = torch.where(torch.rand(count) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(count)
         cos, sin = torch.cos(angle), torch.sin(angle)
         # input = R(angle) . (diag(width * flip, height) . output + centre)
@@ -137,6 +138,12 @@ class BatchAugment:
         """The smallest crop area at the current side: data.full_side_min_scale at full side, if set."""
         full = self.size >= self.preprocessing.size and self.cfg.full_side_min_scale
         return self.cfg.full_side_min_scale if full else self.cfg.min_scale
+
+    @property
+    def rotate(self) -> float:
+        """The largest rotation at the current side: data.full_side_rotate at full side, if set (>= 0)."""
+        full = self.size >= self.preprocessing.size and self.cfg.full_side_rotate >= 0
+        return self.cfg.full_side_rotate if full else self.cfg.rotate
 
     def _crop_sizes(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Crop width and height as fractions of the side, drawn as RandomResizedCrop draws them: area

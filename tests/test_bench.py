@@ -196,6 +196,7 @@ def test_every_lever_parses_on_the_lever_base():
     for name, overrides in LEVERS.items():
         cfg = parse_config(["--config_path", str(REPO / "configs/knee-cpu.yaml"), *LEVER_BASE, *overrides])
         assert cfg.data.full_side_min_scale == (0.85 if name == "crop" else 0), name
+        assert cfg.data.full_side_rotate == (5 if name == "rotate" else -1), name
 
 
 def test_sizing_warns_of_an_arm_far_from_the_budget(capsys):

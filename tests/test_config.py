@@ -28,6 +28,8 @@ def test_defaults_yaml_and_command_line_overrides(tmp_path):
         (["--data.progressive_scale=1"], "data.progressive_scale must be in [0, 1)"),
         (["--data.full_side_min_scale=1.5"], "data.full_side_min_scale must be in [0, 1]"),
         (["--data.full_side_min_scale=0.85"], "acts only with progressive resizing"),
+        (["--data.full_side_rotate=5"], "acts only with progressive resizing"),
+        (["--data.progressive_scale=0.75", "--data.full_side_rotate=-2"], "data.full_side_rotate must be >= 0"),
     ],
 )
 def test_bad_values_and_unknown_keys_are_refused(args, message):

@@ -128,3 +128,27 @@ def test_the_crop_is_lighter_at_full_side_only_when_asked():
     width, height = augment._crop_sizes(4000)
     assert (width * height).min() >= 0.9 - 1e-6
     assert BatchAugment(DataConfig(min_scale=0.3, progressive_scale=0.75), PREP).min_scale == 0.3  # 0 = min_scale
+
+
+def test_the_rotation_is_lighter_at_full_side_only_when_asked():
+    # No crop, flip or intensity change: only the rotation is random.
+    cfg = DataConfig(
+        min_scale=1.0, hflip=False, intensity=0.0, rotate=30.0, progressive_scale=0.75, full_side_rotate=0.0
+    )
+    augment, rows = BatchAugment(cfg, PREP), _rows()
+
+    def twice() -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        first, _ = _apply(augment, rows)
+        torch.manual_seed(1)
+        return first, _apply(augment, rows)[0]
+
+    augment.size = 16  # below the model's 32 px: rotations of up to 30 degrees
+    assert augment.rotate == 30.0
+    first, second = twice()
+    assert not torch.allclose(first, second)
+    augment.size = PREP.size  # at full side: no rotation, so every draw gives the same images
+    assert augment.rotate == 0.0
+    first, second = twice()
+    assert torch.allclose(first, second)
+    assert BatchAugment(DataConfig(rotate=7.0, progressive_scale=0.75), PREP).rotate == 7.0  # -1 = rotate
