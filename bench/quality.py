@@ -87,6 +87,10 @@ def check_sizing(report: Report, prefix: str, budget: float, **arms: dict) -> No
         if arm["trained"] < 0.9 * budget:
             report.say(f"WARNING: {minutes} (its speed probe read slow): not a like-for-like comparison; rerun on a "
                        "quiet machine")  # fmt: skip
+        elif arm.get("epochs", 0) != arm.get("epochs_at_its_speed", 0):
+            report.say(f"WARNING: {name} was given {arm['epochs']} epochs by its speed probe, but at the speed it "
+                       f"then trained {arm['epochs_at_its_speed']} would have filled the budget: not a like-for-like "
+                       "comparison; rerun on a quiet machine")  # fmt: skip
         elif arm["trained"] > 1.1 * budget:
             report.say(f"note: {minutes} (its speed probe read fast): what it reached after the budget is not "
                        "counted, and its schedule was laid over more epochs than fitted")  # fmt: skip
@@ -166,8 +170,12 @@ def usual_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float) ->
     curve = [(baseline.setup_seconds + t, q) for t, q in baseline.curve]
     print("  usual recipe: " + ", ".join(f"{t / 60:.1f} min QWK {q:.3f}" for t, q in curve), flush=True)
     best = max(q for _, q in curve)
-    return {"curve": curve, "best": best, "seconds_to_best": seconds_to(curve, best),
-            "train_ips": baseline.images_per_second, "trained": baseline.curve[-1][0]}  # fmt: skip
+    # The epochs its budget held at the speed it then trained at: where the probe misread by enough to
+    # change the count, its schedule (and its best QWK, which depends on it) is not the budget's.
+    at_its_speed = max(1, round(budget * baseline.images_per_second / train_count(tree)))
+    return {"curve": curve, "best": best, "seconds_to_best": seconds_to(curve, best), "epochs": epochs,
+            "epochs_at_its_speed": at_its_speed, "train_ips": baseline.images_per_second,
+            "trained": baseline.curve[-1][0]}  # fmt: skip
 
 
 def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, *overrides: str) -> dict:

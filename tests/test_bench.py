@@ -204,9 +204,12 @@ def test_sizing_warns_of_an_arm_far_from_the_budget(capsys):
     from bench.report import Report
 
     report = Report({})
-    check_sizing(report, "quality", 600.0, usual={"trained": 590.0}, short={"trained": 500.0}, long={"trained": 700.0})
+    fitted, misread = {"epochs": 14, "epochs_at_its_speed": 14}, {"epochs": 13, "epochs_at_its_speed": 14}
+    check_sizing(report, "quality", 600.0, usual={"trained": 590.0, **fitted}, misread={"trained": 560.0, **misread},
+                 short={"trained": 500.0}, long={"trained": 700.0})  # fmt: skip
     printed = capsys.readouterr().out
     assert report.numbers["quality.short_trained_seconds"] == 500.0
-    assert "usual trained" not in printed
+    assert "usual " not in printed
+    assert "WARNING: misread was given 13 epochs by its speed probe, but at the speed it then trained 14" in printed
     assert "WARNING: short trained 8.3 of 10 min" in printed
     assert "note: long trained 11.7 of 10 min" in printed and "not counted" in printed
