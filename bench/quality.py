@@ -156,11 +156,12 @@ def usual_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float) ->
     from bench.baseline import run_baseline
     from spine_hf.model import build_model
 
+    images = train_count(tree)
     cfg = recipe_config(args, dataset_dir, work / "quality-project")
     ips = baseline_probe(args, cfg, tree)
     # The nearest whole number of epochs, not the most that fit: flooring 13.97 to 13 left 2 of 19 min
     # untrained. Its schedule may then run past the budget, where the hard stop scores the cut epoch.
-    epochs = max(1, round(budget * ips / train_count(tree)))
+    epochs = max(1, round(budget * ips / images))
     print(f"  usual recipe: {ips:.1f} img/s in a probe -> {epochs} epochs", flush=True)
     fresh_accelerator_state()
     baseline = run_baseline(
@@ -172,7 +173,7 @@ def usual_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float) ->
     best = max(q for _, q in curve)
     # The epochs its budget held at the speed it then trained at: where the probe misread by enough to
     # change the count, its schedule (and its best QWK, which depends on it) is not the budget's.
-    at_its_speed = max(1, round(budget * baseline.images_per_second / train_count(tree)))
+    at_its_speed = max(1, round(budget * baseline.images_per_second / images))
     return {"curve": curve, "best": best, "seconds_to_best": seconds_to(curve, best), "epochs": epochs,
             "epochs_at_its_speed": at_its_speed, "train_ips": baseline.images_per_second,
             "trained": baseline.curve[-1][0]}  # fmt: skip

@@ -77,19 +77,16 @@ class DataConfig:
         _check(0 < self.progressive_until <= 1, "data.progressive_until must be in (0, 1]")
         _check(0 <= self.full_side_min_scale <= 1, "data.full_side_min_scale must be in [0, 1] (0 = data.min_scale)")
         _check(
-            not self.full_side_min_scale or self.progressive_scale,
-            "data.full_side_min_scale acts only with progressive resizing (data.progressive_scale > 0); "
-            "without it every epoch is at full side: set data.min_scale instead",
-        )
-        _check(
             self.full_side_rotate == -1 or self.full_side_rotate >= 0,
             "data.full_side_rotate must be >= 0 (-1 = data.rotate)",
         )
-        _check(
-            self.full_side_rotate == -1 or self.progressive_scale,
-            "data.full_side_rotate acts only with progressive resizing (data.progressive_scale > 0); "
-            "without it every epoch is at full side: set data.rotate instead",
-        )
+        # Each full-side setting (data.full_side_<key>, for data.<key>) and its value when unset.
+        for key, unset in (("min_scale", 0), ("rotate", -1)):
+            _check(
+                getattr(self, f"full_side_{key}") == unset or self.progressive_scale,
+                f"data.full_side_{key} acts only with progressive resizing (data.progressive_scale > 0); "
+                f"without it every epoch is at full side: set data.{key} instead",
+            )
 
 
 @dataclass

@@ -134,15 +134,20 @@ class BatchAugment:
         return torch.stack([x, y], dim=-1)
 
     @property
+    def at_full_side(self) -> bool:
+        """Whether the current side is the model's input size (where the data.full_side_* settings apply)."""
+        return self.size >= self.preprocessing.size
+
+    @property
     def min_scale(self) -> float:
         """The smallest crop area at the current side: data.full_side_min_scale at full side, if set."""
-        full = self.size >= self.preprocessing.size and self.cfg.full_side_min_scale
+        full = self.at_full_side and self.cfg.full_side_min_scale
         return self.cfg.full_side_min_scale if full else self.cfg.min_scale
 
     @property
     def rotate(self) -> float:
         """The largest rotation at the current side: data.full_side_rotate at full side, if set (>= 0)."""
-        full = self.size >= self.preprocessing.size and self.cfg.full_side_rotate >= 0
+        full = self.at_full_side and self.cfg.full_side_rotate >= 0
         return self.cfg.full_side_rotate if full else self.cfg.rotate
 
     def _crop_sizes(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
