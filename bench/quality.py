@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -23,8 +24,9 @@ from bench.data import RECIPE, ensure_dataset, recipe_config, validation_folder
 from bench.report import Report
 from bench.speed import forever, fresh_accelerator_state, images_per_second, project_training
 
-# Timed steps of the speed probes that size each run (6 read 57 and 78 img/s for the same step in one run;
-# 12 read the usual recipe at 49.0 and 55.5 img/s in two runs that then trained at 51.2 and 58).
+# Timed steps of the project's speed probes, at each side it trains at (6 read 57 and 78 img/s for the same
+# step in one run). The usual recipe's probe times a whole epoch instead: 12 and 20 steps read it 4-17 %
+# slow (40.2, 44.0 and 44.8 img/s in three probes in a row against 48.3 trained), an epoch short.
 PROBE_STEPS = 20
 
 # The recipe without the levers (as it stood at issue 16), then each lever as overrides on top of it.
@@ -189,7 +191,7 @@ def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, 
     run = work / "quality-project"
     sizing = recipe_config(args, dataset_dir, run, *overrides, "--train.epochs=1000")
     sides = sorted({side(sizing, epoch, 1000) for epoch in range(1000)})
-    ips = project_probe(args, dataset_dir, work, sides, *overrides)
+    ips = project_probe(args, dataset_dir, work, tree, sides, *overrides)
     epochs = max(1, fitting_epochs(sizing, lambda s: images / ips[s], budget))
     print(f"  project: {', '.join(f'{ips[s]:.1f} img/s at {s} px' for s in sides)} in a probe -> {epochs} epochs",
           flush=True)  # fmt: skip
@@ -232,17 +234,38 @@ def baseline_probe(args, cfg, tree: Path) -> float:
     def step(pixels, labels):
         train_step(model, {"pixel_values": pixels, "labels": labels}, optimizer, scheduler, accelerator)
 
-    return images_per_second(step, ((b["pixel_values"], b["labels"]) for b in forever(loader)), PROBE_STEPS, 3)
+    # A whole epoch, as its training then runs (the first steps of a process read slow).
+    return images_per_second(step, ((b["pixel_values"], b["labels"]) for b in forever(loader)), len(loader), 3)
 
 
-def project_probe(args, dataset_dir: Path, work: Path, sides: list[int], *overrides: str) -> dict[int, float]:
-    """The project's training img/s at each side it will train at."""
-    step, _, loader, _ = project_training(args, dataset_dir, work / "probe", 10, *overrides)
+def project_probe(
+    args, dataset_dir: Path, work: Path, tree: Path, sides: list[int], *overrides: str
+) -> dict[int, float]:
+    """The project's training img/s at each side it will train at: its step and, as in training, the update
+    of the weight average after it, which a training step pays too. Short probes give the ratios between the
+    sides; a whole epoch at the first side, after them, gives the level (a short probe read the same step at 92
+    and 131 img/s a minute apart)."""
+    batches = math.ceil(train_count(tree) / args.batch_size)
+    step, _, loader, _ = project_training(args, dataset_dir, work / "probe", batches, *overrides)
+    timed = step
+    if step.cfg.train.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        model = step.accelerator.unwrap_model(step.model)
+        ema = ModelEmaV3(model, decay=step.cfg.train.ema_decay, use_warmup=True)
+        counter = itertools.count(1)
+
+        def timed(pixels, labels):
+            step(pixels, labels)
+            ema.update(model, step=next(counter))
+
     speeds = {}
     for side in sides:
         step.augment.size = side
-        speeds[side] = images_per_second(step, step.batches(loader), PROBE_STEPS, 3)
-    return speeds
+        speeds[side] = images_per_second(timed, step.batches(loader), PROBE_STEPS, 3)
+    step.augment.size = sides[0]
+    level = images_per_second(timed, step.batches(loader), len(loader), 0) / speeds[sides[0]]
+    return {side: level * speed for side, speed in speeds.items()}
 
 
 def compile_probe(args, dataset_dir: Path, work: Path, report: Report) -> None:
