@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +89,10 @@ def train(cfg: Config) -> dict:
     return fit(prepare(cfg))
 
 
-def fit(run: Run) -> dict:
-    """The epoch loop, then the wrap-up: test split, results.json, push."""
+def fit(run: Run, after_epoch: Callable[[Run], None] | None = None) -> dict:
+    """The epoch loop, then the wrap-up: test split, results.json, push. `after_epoch(run)` is called after each
+    epoch's record is kept; it may change the length of the run (`bench quality` refits the schedule there:
+    set `run.state.epochs` and `run.schedule.epochs` together, as a time budget does)."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     started = time.monotonic()
     while state.epoch < run.epochs:
@@ -116,6 +119,8 @@ def fit(run: Run) -> dict:
         if cfg.train.time_budget_minutes and state.epochs is None:
             epoch_seconds = time.monotonic() - epoch_start
             _fit_to_budget(run, epoch_seconds, epoch_seconds - train_seconds)
+        if after_epoch is not None:
+            after_epoch(run)
         patience_over = bool(cfg.train.patience) and state.bad_epochs >= cfg.train.patience
         last = out_of_time or patience_over or epoch + 1 == run.epochs
         if last or (cfg.train.checkpoint_epochs and (epoch + 1) % cfg.train.checkpoint_epochs == 0):

@@ -213,3 +213,28 @@ def test_sizing_warns_of_an_arm_far_from_the_budget(capsys):
     assert "WARNING: misread was given 13 epochs by its speed probe, but at the speed it then trained 14" in printed
     assert "WARNING: short trained 8.3 of 10 min" in printed
     assert "note: long trained 11.7 of 10 min" in printed and "not counted" in printed
+
+
+def test_the_project_arm_refits_its_schedule_to_the_pace_its_epochs_trained_at():
+    from types import SimpleNamespace
+
+    from bench.quality import refit
+    from spine_hf.config import parse_config
+    from spine_hf.optim import WarmupCosine
+
+    sizing = parse_config(["--config_path", str(REPO / "configs" / "knee-cpu.yaml"), "--train.epochs=1000",
+                           "--data.progressive_scale=0", "--data.full_side_min_scale=0",
+                           "--data.full_side_rotate=-1"])  # fmt: skip
+    ips = {128: 100.0}  # the probe: 10 s an epoch of 1,000 images
+
+    def after(seconds: list[float], budget: float) -> int:
+        state = SimpleNamespace(history=[{"side": 128, "train_seconds": t} for t in seconds], epochs=None)
+        run = SimpleNamespace(state=state, schedule=WarmupCosine(0, 10, 30, 0.01))
+        refit(run, sizing, ips, 1000, budget)
+        assert run.schedule.epochs == state.epochs
+        return state.epochs
+
+    assert after([10.0, 10.0], 300.0) == 30  # as probed
+    assert after([20.0, 20.0], 300.0) == 2 + 260 // 20  # twice as slow: 13 more in the 260 s left
+    assert after([5.0], 300.0) == 1 + 295 // 5  # twice as fast
+    assert after([10.0, 10.0, 10.0], 25.0) == 3  # past the budget: the run ends with this epoch
