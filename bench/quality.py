@@ -65,6 +65,7 @@ def bench_quality(args, report: Report, work: Path, tree: Path) -> None:
     report.number("quality.usual_recipe_curve_seconds_qwk", usual["curve"])
     report.number("quality.project_curve_seconds_qwk", project["curve"])
     report.number("quality.project_epochs_and_sides", project["sides"])
+    report.number("quality.project_schedule_length_after_each_epoch", project["schedule_lengths"])
     report.number("quality.usual_recipe_best_qwk", best_base)
     report.number("quality.project_best_qwk_within_budget", project["best"])
     report.number("quality.usual_recipe_seconds_to_its_best", time_base)
@@ -90,9 +91,9 @@ def check_sizing(report: Report, prefix: str, budget: float, **arms: dict) -> No
             report.say(f"WARNING: {minutes} (its speed probe read slow): not a like-for-like comparison; rerun on a "
                        "quiet machine")  # fmt: skip
         elif arm.get("epochs", 0) != arm.get("epochs_at_its_speed", 0):
-            report.say(f"WARNING: {name} was given {arm['epochs']} epochs by its speed probe, but at the speed it "
-                       f"then trained {arm['epochs_at_its_speed']} would have filled the budget: not a like-for-like "
-                       "comparison; rerun on a quiet machine")  # fmt: skip
+            report.say(f"WARNING: {name}'s schedule ended at {arm['epochs']} epochs, but at the speed it trained "
+                       f"{arm['epochs_at_its_speed']} would have filled the budget: not a like-for-like comparison; "
+                       "rerun on a quiet machine")  # fmt: skip
         elif arm["trained"] > 1.1 * budget:
             report.say(f"note: {minutes} (its speed probe read fast): what it reached after the budget is not "
                        "counted, and its schedule was laid over more epochs than fitted")  # fmt: skip
@@ -162,21 +163,23 @@ def usual_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float) ->
     cfg = recipe_config(args, dataset_dir, work / "quality-project")
     ips = baseline_probe(args, cfg, tree)
     # The nearest whole number of epochs, not the most that fit: flooring 13.97 to 13 left 2 of 19 min
-    # untrained. Its schedule may then run past the budget, where the hard stop scores the cut epoch.
+    # untrained. Its schedule may then run past the budget, where the hard stop scores the cut epoch. The
+    # count is refitted after every epoch to the pace it trains at (`fit_epochs`).
     epochs = max(1, round(budget * ips / images))
     print(f"  usual recipe: {ips:.1f} img/s in a probe -> {epochs} epochs", flush=True)
     fresh_accelerator_state()
     baseline = run_baseline(
         lambda: build_model(cfg.model), tree / "train", validation_folder(tree), batch_size=args.batch_size,
         lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, epochs=epochs, budget_seconds=budget, score=score,
+        fit_epochs=True,
     )  # fmt: skip
     curve = [(baseline.setup_seconds + t, q) for t, q in baseline.curve]
     print("  usual recipe: " + ", ".join(f"{t / 60:.1f} min QWK {q:.3f}" for t, q in curve), flush=True)
     best = max(q for _, q in curve)
-    # The epochs its budget held at the speed it then trained at: where the probe misread by enough to
-    # change the count, its schedule (and its best QWK, which depends on it) is not the budget's.
+    # The epochs its budget held at the speed it trained at: where its schedule ended with another count (a
+    # pace that changed in its last epochs), its best QWK, which depends on the count, is not the budget's.
     at_its_speed = max(1, round(budget * baseline.images_per_second / images))
-    return {"curve": curve, "best": best, "seconds_to_best": seconds_to(curve, best), "epochs": epochs,
+    return {"curve": curve, "best": best, "seconds_to_best": seconds_to(curve, best), "epochs": baseline.epochs,
             "epochs_at_its_speed": at_its_speed, "train_ips": baseline.images_per_second,
             "trained": baseline.curve[-1][0]}  # fmt: skip
 
@@ -203,7 +206,13 @@ def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, 
     setup_start = time.monotonic()  # model, data cache: paid once per run, counted in the project's time
     prepared = prepare(cfg)
     setup = time.monotonic() - setup_start
-    fit(prepared)
+    lengths: list[int] = []  # the schedule's length after each epoch, as refitted
+
+    def after_epoch(training) -> None:
+        refit(training, sizing, ips, images, budget)
+        lengths.append(training.state.epochs)
+
+    fit(prepared, after_epoch)
     history = json.loads((run / METRICS_FILE).read_text())
     elapsed, curve = setup, []
     for record in history:
@@ -214,7 +223,7 @@ def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, 
     best = max([q for t, q in curve if t - setup <= 1.02 * budget] or [float("nan")])
     train_ips = images * len(history) / max(sum(r["train_seconds"] for r in history), 1e-9)
     return {"cfg": cfg, "curve": curve, "best": best, "train_ips": train_ips, "trained": elapsed - setup,
-            "sides": [r["side"] for r in history]}  # fmt: skip
+            "sides": [r["side"] for r in history], "schedule_lengths": lengths}  # fmt: skip
 
 
 def refit(run, sizing, ips: dict[int, float], images: int, budget: float) -> None:

@@ -68,6 +68,8 @@ def test_bench_all_and_quality_write_every_ratio(phantom_split, tmp_path, capsys
     assert "quality.time_to_usual_best_qwk" in quality["ratios"]
     assert quality["ratios"]["quality.training_step_speedup"]["value"] > 0
     assert quality["numbers"]["quality.project_epochs_and_sides"]
+    lengths = quality["numbers"]["quality.project_schedule_length_after_each_epoch"]  # refitted after every epoch
+    assert len(lengths) == len(quality["numbers"]["quality.project_epochs_and_sides"])
     assert (
         quality["numbers"]["quality.usual_trained_seconds"] > 0
         and quality["numbers"]["quality.project_trained_seconds"] > 0
@@ -210,7 +212,7 @@ def test_sizing_warns_of_an_arm_far_from_the_budget(capsys):
     printed = capsys.readouterr().out
     assert report.numbers["quality.short_trained_seconds"] == 500.0
     assert "usual " not in printed
-    assert "WARNING: misread was given 13 epochs by its speed probe, but at the speed it then trained 14" in printed
+    assert "WARNING: misread's schedule ended at 13 epochs, but at the speed it trained 14" in printed
     assert "WARNING: short trained 8.3 of 10 min" in printed
     assert "note: long trained 11.7 of 10 min" in printed and "not counted" in printed
 
@@ -238,3 +240,17 @@ def test_the_project_arm_refits_its_schedule_to_the_pace_its_epochs_trained_at()
     assert after([20.0, 20.0], 300.0) == 2 + 260 // 20  # twice as slow: 13 more in the 260 s left
     assert after([5.0], 300.0) == 1 + 295 // 5  # twice as fast
     assert after([10.0, 10.0, 10.0], 25.0) == 3  # past the budget: the run ends with this epoch
+
+
+def test_the_usual_recipes_schedule_is_the_scripts_linear_decay():
+    import torch
+    from transformers import get_scheduler
+
+    from bench.baseline import LinearDecay
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    script = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=0, num_training_steps=100).lr_lambdas[0]
+    ours = LinearDecay(100)
+    assert [ours(step) for step in range(120)] == [script(step) for step in range(120)]
+    ours.total = 50  # refitted: the same decay over the new length
+    assert ours(25) == 0.5 and ours(50) == 0.0

@@ -254,6 +254,21 @@ def test_the_epochs_that_fit_count_the_cheaper_early_epochs_of_progressive_resiz
     assert fitting_epochs(capped, seconds_at, 300) == 12  # never more than train.epochs
 
 
+def test_a_hook_after_each_epoch_may_change_the_length_of_the_run(tmp_path, tiny_dataset):
+    from spine_hf.train import fit, prepare
+
+    out = tmp_path / "run"
+    cfg = parse_config(_args(tiny_dataset, out, "--train.epochs=5", "--train.time_budget_minutes=0"))
+    seen = []
+
+    def shorten(run) -> None:  # as `bench quality` refits its project arm
+        seen.append(len(run.state.history))
+        run.state.epochs = run.schedule.epochs = 2
+
+    fit(prepare(cfg), shorten)
+    assert seen == [1, 2] and len(_history(out)) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("progressive", [0.0, 0.5])
 def test_a_time_budget_fits_the_whole_schedule_into_it(tmp_path, tiny_dataset, capsys, progressive):
