@@ -50,6 +50,9 @@ class DataConfig:
     # The part of the epochs by which progressive resizing reaches model.image_size (FFCV ramps late, e.g.
     # 0.75; an earlier end trains longer at the size the model is evaluated and published at).
     progressive_until: float = 0.75
+    # With progressive resizing, at most this many epochs below model.image_size (0 = no limit): where many
+    # epochs fit, a ramp of a fixed part of the run keeps the model small for longer than it gains from.
+    progressive_max_epochs: int = 0
     # With progressive resizing, data.min_scale for the epochs at model.image_size (0 = data.min_scale
     # throughout). A strong crop's zoom lets the small early sides transfer to evaluation at full size; a
     # lighter one at full size trains at the scale the model is evaluated at (FixRes: Touvron et al. 2019).
@@ -75,6 +78,7 @@ class DataConfig:
         _check(self.num_workers >= 0 and self.max_samples >= 0, "data.num_workers/max_samples must be >= 0")
         _check(0 <= self.progressive_scale < 1, "data.progressive_scale must be in [0, 1) (0 = off)")
         _check(0 < self.progressive_until <= 1, "data.progressive_until must be in (0, 1]")
+        _check(self.progressive_max_epochs >= 0, "data.progressive_max_epochs must be >= 0 (0 = no limit)")
         _check(0 <= self.full_side_min_scale <= 1, "data.full_side_min_scale must be in [0, 1] (0 = data.min_scale)")
         _check(
             self.full_side_rotate == -1 or self.full_side_rotate >= 0,

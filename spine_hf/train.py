@@ -341,7 +341,9 @@ def _fit_to_budget(run: Run, epoch_seconds: float, eval_seconds: float) -> None:
 
 def side(cfg: Config, epoch: int, epochs: int) -> int:
     """The side of the training images in `epoch` of `epochs` (data.progressive_scale: rising to model.image_size)."""
-    return train_side(epoch, epochs, cfg.model.image_size, cfg.data.progressive_scale, cfg.data.progressive_until)
+    data = cfg.data
+    return train_side(epoch, epochs, cfg.model.image_size, data.progressive_scale, data.progressive_until,
+                      data.progressive_max_epochs)  # fmt: skip
 
 
 def fitting_epochs(cfg: Config, seconds_at, seconds: float, done: int = 0) -> int:

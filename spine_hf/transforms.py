@@ -167,13 +167,16 @@ class BatchAugment:
         return width, height
 
 
-def train_side(epoch: int, epochs: int, full: int, scale: float, until: float) -> int:
+def train_side(epoch: int, epochs: int, full: int, scale: float, until: float, most: int = 0) -> int:
     """The side training images have in `epoch` (0-based) of `epochs`: `full` throughout without progressive
     resizing (`scale` 0), else `scale * full` (a multiple of `SIDE_STEP`) in the first epoch, rising linearly
-    in steps of `SIDE_STEP` to `full`, which the epochs from `until` of the run on (and the last) keep
-    (`data.progressive_scale` and `data.progressive_until`, whose defaults the config owns)."""
+    in steps of `SIDE_STEP` to `full`, which the epochs from `until` of the run on (and the last) keep, and
+    after `most` epochs below it, when `most` is set (`data.progressive_scale`, `data.progressive_until` and
+    `data.progressive_max_epochs`, whose defaults the config owns)."""
     start = max(SIDE_STEP, int(scale * full) // SIDE_STEP * SIDE_STEP)
     ramp = max(1, math.ceil(until * epochs) - 1)  # the first epoch at the full side
+    if most:
+        ramp = min(ramp, most)
     if not scale or start >= full or epoch >= min(ramp, epochs - 1):
         return full
     return min(full, start + int((full - start) * epoch / ramp) // SIDE_STEP * SIDE_STEP)

@@ -29,6 +29,7 @@ def test_defaults_yaml_and_command_line_overrides(tmp_path):
         (["--data.full_side_min_scale=1.5"], "data.full_side_min_scale must be in [0, 1]"),
         (["--data.full_side_min_scale=0.85"], "acts only with progressive resizing"),
         (["--data.full_side_rotate=5"], "acts only with progressive resizing"),
+        (["--data.progressive_max_epochs=-1"], "data.progressive_max_epochs must be >= 0"),
         (["--data.progressive_scale=0.75", "--data.full_side_rotate=-2"], "data.full_side_rotate must be >= 0"),
     ],
 )

@@ -108,6 +108,15 @@ def test_progressive_sides_rise_in_steps_to_the_full_side_and_end_there():
     assert early[0] == 96 and set(early[9:]) == {128} and early[8] < 128  # full size from half the run on
 
 
+def test_progressive_resizing_may_be_held_to_a_number_of_epochs_below_the_full_side():
+    long = [train_side(epoch, 44, 128, 0.75, 0.35, most=6) for epoch in range(44)]
+    assert long[:6] == [96, 96, 96, 112, 112, 112] and set(long[6:]) == {128}  # not 15 epochs below 128 px
+    assert [train_side(epoch, 44, 128, 0.75, 0.35) for epoch in range(44)].count(128) == 29  # unlimited
+    for epochs in (2, 10, 19):  # where the part of the run is shorter than the limit, it stands
+        limited = [train_side(epoch, epochs, 128, 0.75, 0.35, most=6) for epoch in range(epochs)]
+        assert limited == [train_side(epoch, epochs, 128, 0.75, 0.35) for epoch in range(epochs)]
+
+
 def test_the_augmentation_samples_at_the_side_it_is_set_to():
     augment = BatchAugment(DataConfig(), PREP)
     augment.size = 16
