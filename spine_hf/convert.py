@@ -9,6 +9,11 @@ per row, so no label is inferred from folder names, sorted as a string or droppe
 
 DICOM files leave nothing of their header behind: the pixels are re-encoded as PNG and the row is
 named after a hash of the pixels, never after the file (whose name may hold a UID or a name).
+
+Each row carries its patient id in the `patient` column, from ``ROOT/patients.csv`` (what `split`
+writes) or a regular expression on the file name (`group_regex`, as `split --group-regex`), so that
+cross-validation keeps a patient's images in one fold; "" where neither gives one. The id is what the
+user's CSV or file names say; nothing is read from a DICOM header.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +32,18 @@ from spine_hf.dataset_folder import dataset_features, write_dataset_dict
 from spine_hf.grades import NUM_GRADES, grade_folder
 from spine_hf.imaging import ImageDecodeError, decode
 from spine_hf.layout import (
+    PATIENTS_FILE,
     SPLITS,
     DatasetLayoutError,
     ImageEntry,
     Problem,
     display_path,
+    read_patients,
     scan_usable,
 )
 from spine_hf.outputs import staged_folder
 from spine_hf.parallel import map_cpu
+from spine_hf.split import patient_ids
 from spine_hf.verify import BURNED_IN_TEXT
 
 logger = logging.getLogger(__name__)
@@ -52,6 +60,9 @@ class ConvertReport:
     kept: int = 0
     reencoded: int = 0
     dicom: int = 0
+    # Rows with a patient id, and where the ids came from ("" when from nowhere).
+    with_patient: int = 0
+    grouping: str = ""
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -70,6 +81,7 @@ class _Staged:
     how: str  # "kept", "reencoded" or "dicom"
     source: str = ""  # the relative path it came from, for messages
     burned_in_text: bool = False
+    patient: str = ""
 
 
 def convert_to_dataset(
@@ -80,6 +92,7 @@ def convert_to_dataset(
     push_to_hub: str | None = None,
     private: bool = True,
     workers: int | None = None,
+    group_regex: str | None = None,
 ):
     """Build and save a `DatasetDict` (train/validation/test) from a split tree.
 
@@ -92,6 +105,8 @@ def convert_to_dataset(
             ``HF_TOKEN``).
         private: create the Hub repo as private.
         workers: decoding processes (threads where fork does not exist; default: one per CPU).
+        group_regex: the patient id of each image from its file name (first group, or the whole match);
+            without it, from ``ROOT/patients.csv`` when there is one.
 
     Returns:
         The `ConvertReport`; the dataset itself is at `out` (``datasets.load_from_disk``).
@@ -99,12 +114,14 @@ def convert_to_dataset(
     Raises:
         DatasetLayoutError: the tree is not a split tree, has folders of unknown grade, or files
             that cannot be decoded (all are listed; nothing is written).
+        ValueError: `group_regex` does not match every file name.
     """
     start = time.perf_counter()
     root, out = Path(root), Path(out)
     not_split = Problem("error", "not_split", ".", "has no train/val/test folders; run `spine-hf data split` first")
     layout, problems = scan_usable(root, "splits", not_split)
     report = ConvertReport(out, counts={}, problems=problems)
+    patients = _patients(layout.images, root, group_regex, report)
     with staged_folder(out, overwrite) as staging:  # the dataset appears under its name only once complete
         # Re-encoded images wait inside the staged folder until their bytes are in the Arrow files.
         reencoded = staging / ".reencoded"
@@ -113,7 +130,7 @@ def convert_to_dataset(
         failures = [s for s in staged if isinstance(s, Problem)]
         if failures:
             raise DatasetLayoutError(root, failures)
-        rows = [s for s in staged if isinstance(s, _Staged)]
+        rows = [replace(s, patient=patient) for s, patient in zip(staged, patients, strict=True)]
         report.problems += [
             Problem("warning", "burned_in_text", display_path(row.source), BURNED_IN_TEXT)
             for row in rows
@@ -123,7 +140,7 @@ def convert_to_dataset(
         # label can be dropped or re-ordered. A fresh fingerprint: there is no cache to reuse.
         splits = {}
         for split in SPLITS:
-            split_rows = [(r.data_path, r.name, r.grade, r.file) for r in rows if r.split == split]
+            split_rows = [(r.data_path, r.name, r.grade, r.file, r.patient) for r in rows if r.split == split]
             if split_rows:
                 splits[split] = split_rows
                 report.counts[split] = np.bincount([row[2] for row in split_rows], minlength=NUM_GRADES).tolist()
@@ -137,6 +154,26 @@ def convert_to_dataset(
         datasets.load_from_disk(str(out)).push_to_hub(push_to_hub, private=private)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _patients(images: list[ImageEntry], root: Path, group_regex: str | None, report: ConvertReport) -> list[str]:
+    """Each image's patient id ("" where none is known); the report says where they came from."""
+    if group_regex:
+        found = patient_ids(group_regex, [entry.rel for entry in images])
+        report.grouping = f"--group-regex '{group_regex}'"
+    else:
+        known = read_patients(root) or {}
+        found = [known.get(entry.rel, "") for entry in images]
+        report.grouping = str(root / PATIENTS_FILE) if known else ""
+    report.with_patient = sum(bool(patient) for patient in found)
+    if report.with_patient < len(images):
+        where = "no --group-regex and no patients.csv" if not report.grouping else f"not in {report.grouping}"
+        report.problems.append(Problem(
+            "warning", "no_patient_id", ".",
+            f"{len(images) - report.with_patient} image(s) have no patient id ({where}): cross-validation treats "
+            "each as its own patient, so images of one patient may land in two folds",
+        ))  # fmt: skip
+    return found
 
 
 def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:

@@ -1,9 +1,10 @@
 """The converted dataset on disk: a `DatasetDict` folder written straight from image files, and read back.
 
 Every dataset this project writes has the features of `dataset_features` (image, grade label as a
-ClassLabel of the five grades, source file). Reading goes through `load_grade_dataset`, which checks
-those features and says what to run when a folder is something else, and `decode_split`, which
-decodes a split's images with the project's decoder and lists every row it cannot decode.
+ClassLabel of the five grades, source file, patient id: "" where none is known). Reading goes
+through `load_grade_dataset`, which checks those features and says what to run when a folder is
+something else, and `decode_split`, which decodes a split's images with the project's decoder and
+lists every row it cannot decode.
 
 Writing: `DatasetDict.save_to_disk` would do, but it first passes every image column through
 datasets' `embed_storage`, which turns each image's bytes into a Python object and back even when
@@ -29,15 +30,17 @@ from spine_hf.imaging import ImageDecodeError, decode_image, display_path
 # save_to_disk's default max_shard_size; also keeps each shard's Arrow offsets within int32.
 SHARD_BYTES = 500 * 1024**2
 
-# One row: (file holding the image's bytes, the image's name, grade, the `file` column).
-Row = tuple[str, str, int, str]
+# One row: (file holding the image's bytes, the image's name, grade, the `file` column, the `patient` column).
+Row = tuple[str, str, int, str, str]
 
 
 def dataset_features():
-    """The features of every dataset this project writes: image, grade label, source file."""
+    """The features of every dataset this project writes: image, grade label, source file and patient id
+    (what keeps a patient's images together in cross-validation folds; "" where none is known)."""
     from datasets import ClassLabel, Features, Image, Value
 
-    return Features({"image": Image(), "label": ClassLabel(names=list(GRADE_NAMES)), "file": Value("string")})
+    return Features({"image": Image(), "label": ClassLabel(names=list(GRADE_NAMES)), "file": Value("string"),
+                     "patient": Value("string")})  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -201,5 +204,6 @@ def _table(rows: list[Row], sizes: list[int], features):
     images = pa.StructArray.from_arrays([image_bytes, pa.array([row[1] for row in rows], pa.string())],
                                         names=["bytes", "path"])  # fmt: skip
     columns = {"image": images, "label": pa.array([row[2] for row in rows], pa.int64()),
-               "file": pa.array([row[3] for row in rows], pa.string())}  # fmt: skip
+               "file": pa.array([row[3] for row in rows], pa.string()),
+               "patient": pa.array([row[4] for row in rows], pa.string())}  # fmt: skip
     return pa.table(columns).cast(features.arrow_schema)

@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,25 +166,37 @@ def _missing_grades(counts: dict[str, list[int]], ratios: tuple[float, float, fl
     ]
 
 
+def patient_ids(group_regex: str, files: list[str]) -> list[str]:
+    """The patient id of each file from a regular expression on its name (the last part of the path): its
+    first group, or the whole match (`split --group-regex`, `convert --group-regex`, `cv --group-regex`).
+
+    Raises:
+        ValueError: names the expression does not match (the first five listed).
+    """
+    pattern = re.compile(group_regex)
+    found, unmatched = [], []
+    for file in files:
+        match = pattern.search(file.rsplit("/", 1)[-1])
+        if match is None:
+            unmatched.append(file)
+        else:
+            found.append(match.group(1) if match.groups() else match.group(0))
+    if unmatched:
+        examples = ", ".join(display_path(rel) for rel in unmatched[:5])
+        raise ValueError(
+            f"--group-regex {group_regex!r} does not match {len(unmatched)} file name(s), e.g. {examples}; "
+            "fix the expression so every file yields a patient id"
+        )
+    return found
+
+
 def _groups_for(
     images: list[ImageEntry], source: Path, group_regex: str | None, groups_csv: str | os.PathLike | None
 ) -> tuple[dict[str, list[ImageEntry]], str]:
     groups: dict[str, list[ImageEntry]] = defaultdict(list)
     if group_regex:
-        pattern = re.compile(group_regex)
-        unmatched = []
-        for entry in images:
-            match = pattern.search(entry.path.name)
-            if match is None:
-                unmatched.append(entry.rel)
-            else:
-                groups[match.group(1) if match.groups() else match.group(0)].append(entry)
-        if unmatched:
-            examples = ", ".join(display_path(rel) for rel in unmatched[:5])
-            raise ValueError(
-                f"--group-regex {group_regex!r} does not match {len(unmatched)} file name(s), e.g. {examples}; "
-                "fix the expression so every file yields a patient id"
-            )
+        for entry, patient in zip(images, patient_ids(group_regex, [entry.rel for entry in images]), strict=True):
+            groups[patient].append(entry)
         return dict(groups), f"--group-regex '{group_regex}'"
     if groups_csv is not None:
         known = read_patient_ids(Path(groups_csv))
@@ -210,9 +223,16 @@ def _groups_for(
 
 
 def assign_groups(groups: dict[str, list[int]], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
-    """Place each group (patient -> grades of its images) in a split, stratified by grade.
+    """Place each group (patient -> grades of its images) in a split, stratified by grade (`assign_parts`
+    with the train, validation and test fractions)."""
+    return {name: SPLITS[part] for name, part in assign_parts(groups, ratios, seed).items()}
 
-    Greedy: groups are shuffled with the seed, then placed largest first, each into the split
+
+def assign_parts(groups: dict[str, list[int]], ratios: Sequence[float], seed: int) -> dict[str, int]:
+    """Place each group (patient -> grades of its images) in one of ``len(ratios)`` parts, stratified by grade:
+    the splits of `split_dataset`, or the folds of cross-validation (equal ratios).
+
+    Greedy: groups are shuffled with the seed, then placed largest first, each into the part
     whose per-grade and total counts move closest to their targets (squared error, each grade
     weighted by its rarity so that rare grades are spread as well as common ones).
     """
@@ -224,7 +244,7 @@ def assign_groups(groups: dict[str, list[int]], ratios: tuple[float, float, floa
     for grades in groups.values():
         np.add.at(totals, grades, 1)
     ratio = np.asarray(ratios, dtype=np.float64)
-    target = ratio[:, None] * totals[None, :]  # split x grade
+    target = ratio[:, None] * totals[None, :]  # part x grade
     weight = 1.0 / np.maximum(totals, 1.0)
     current = np.zeros_like(target)
     assignment = {}
@@ -232,7 +252,7 @@ def assign_groups(groups: dict[str, list[int]], ratios: tuple[float, float, floa
     for name in names:
         add = np.bincount(groups[name], minlength=NUM_GRADES).astype(np.float64)
         best, best_cost = None, None
-        for s in range(len(SPLITS)):
+        for s in range(len(ratio)):
             if ratio[s] == 0:
                 continue
             grade_cost = (((current[s] + add - target[s]) ** 2 - (current[s] - target[s]) ** 2) * weight).sum()
@@ -242,5 +262,5 @@ def assign_groups(groups: dict[str, list[int]], ratios: tuple[float, float, floa
             if best_cost is None or cost < best_cost - 1e-12:
                 best, best_cost = s, cost
         current[best] += add
-        assignment[name] = SPLITS[best]
+        assignment[name] = best
     return assignment
