@@ -42,6 +42,7 @@ from spine_hf.checkpoints import (
 )
 from spine_hf.config import Config, ConfigError, parse_config, save_config
 from spine_hf.dataset_folder import load_grade_dataset
+from spine_hf.folds import FoldRows
 from spine_hf.hub import push
 from spine_hf.losses import build_loss
 from spine_hf.metrics import load_grading_metric
@@ -49,7 +50,7 @@ from spine_hf.model import build_model, resolve_precision
 from spine_hf.model_folder import load_weights, save_for_hub
 from spine_hf.optim import WarmupCosine, make_optimizer
 from spine_hf.preprocessing import Preprocessing
-from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader, train_side
+from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader, pooled_images, train_side
 
 
 @dataclass
@@ -84,9 +85,14 @@ class Run:
         return self.state.epochs or self.cfg.train.epochs
 
 
-def train(cfg: Config) -> dict:
-    """Run the whole training; returns the best validation metrics (and test metrics when scored)."""
-    return fit(prepare(cfg))
+def train(cfg: Config, fold: FoldRows | None = None, after_epoch: Callable[[Run], None] | None = None) -> dict:
+    """Run the whole training; returns the best validation metrics (and test metrics when scored). With
+    `fold`, the training and validation images are that cross-validation fold's (`prepare`)."""
+    run = prepare(cfg, fold)
+    try:
+        return fit(run, after_epoch)
+    finally:
+        run.accelerator.end_training()
 
 
 def fit(run: Run, after_epoch: Callable[[Run], None] | None = None) -> dict:
@@ -132,8 +138,12 @@ def fit(run: Run, after_epoch: Callable[[Run], None] | None = None) -> dict:
     return _finish(run)
 
 
-def prepare(cfg: Config) -> Run:
-    """Build and `accelerator.prepare` everything, resume or claim the output folder; nothing trains yet."""
+def prepare(cfg: Config, fold: FoldRows | None = None) -> Run:
+    """Build and `accelerator.prepare` everything, resume or claim the output folder; nothing trains yet.
+
+    With `fold`, the model trains on the fold's training rows and is scored (the best epoch chosen) on
+    its held-out rows, both drawn from the dataset's splits (`folds.FoldRows`), instead of
+    data.train_split and data.eval_split."""
     started = time.monotonic()
     out = Path(cfg.train.output_dir)
     if cfg.train.tensorboard:
@@ -170,12 +180,17 @@ def prepare(cfg: Config) -> Run:
     model, preprocessing = build_model(cfg.model)
     cache_start = time.monotonic()
     with accelerator.local_main_process_first():  # one process per machine decodes; the others map its cache
-        train_set = GradeImages(dataset[cfg.data.train_split], preprocessing, cfg.data, train=True)
-        eval_set = GradeImages(dataset[cfg.data.eval_split], preprocessing, cfg.data, train=False)
+        if fold is None:
+            train_set = GradeImages(dataset[cfg.data.train_split], preprocessing, cfg.data, train=True)
+            eval_set = GradeImages(dataset[cfg.data.eval_split], preprocessing, cfg.data, train=False)
+            names = cfg.data.train_split, cfg.data.eval_split
+        else:
+            train_set = pooled_images(dataset, fold.train, preprocessing, cfg.data, train=True)
+            eval_set = pooled_images(dataset, fold.held_out, preprocessing, cfg.data, train=False)
+            names = "training", f"held-out ({fold.name})"
     data_seconds, decoded = load_seconds + time.monotonic() - cache_start, train_set.decoded + eval_set.decoded
     accelerator.print(  # (`python -m bench large` reads this line)
-        f"data ready in {data_seconds:.2f} s: {len(train_set)} {cfg.data.train_split} + "
-        f"{len(eval_set)} {cfg.data.eval_split} images, "
+        f"data ready in {data_seconds:.2f} s: {len(train_set)} {names[0]} + {len(eval_set)} {names[1]} images, "
         + (f"{decoded} decoded into the cache" if decoded else "mapped from the decoded cache")
     )
     train_loader = make_loader(train_set, cfg.train.batch_size, cfg.data, shuffle=True, seed=cfg.train.seed)
@@ -288,7 +303,6 @@ def _finish(run: Run) -> dict:
         (run.out / RESULTS_FILE).write_text(json.dumps(result, indent=2) + "\n")
         if cfg.hub.repo_id:
             push(run.out / BEST_DIR, cfg.hub.repo_id, private=cfg.hub.private)
-    accelerator.end_training()
     return result
 
 

@@ -69,6 +69,32 @@ class GradeImages(Dataset):
         return {**self.__dict__, "_squares": None}
 
 
+class PooledImages(Dataset):
+    """Chosen rows of several splits as one dataset (a cross-validation fold's training or held-out rows):
+    each split's `GradeImages`, so its squares come from the split's one decoded cache, shared by every fold."""
+
+    def __init__(self, parts: dict[str, GradeImages], rows: Sequence[tuple[str, int]]):
+        self.parts, self.rows = parts, list(rows)
+        self.labels = [parts[split].labels[index] for split, index in self.rows]
+        self.decoded = sum(part.decoded for part in parts.values())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        split, row = self.rows[index]
+        return self.parts[split][row]
+
+
+def pooled_images(dataset, rows: Sequence[tuple[str, int]], preprocessing: Preprocessing, cfg: DataConfig,
+                  train: bool) -> PooledImages:  # fmt: skip
+    """`rows` ((split, row index) pairs) of a converted dataset, read from each split's decoded cache."""
+    if cfg.max_samples:
+        raise ValueError("data.max_samples cuts splits short, which would break the folds' row numbers; leave it 0")
+    splits = sorted({split for split, _ in rows})
+    return PooledImages({split: GradeImages(dataset[split], preprocessing, cfg, train) for split in splits}, rows)
+
+
 def collate_squares(rows: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of uint8 squares (B x 1 x S x S) and their grades: what the loader ships to the device."""
     return torch.stack([image for image, _ in rows]), torch.tensor([label for _, label in rows], dtype=torch.long)
