@@ -10,6 +10,15 @@ of the true grades of n calibration images, which gives coverage of at least `co
 exchangeable with them, and at most about ``coverage + 1 / (n + 1)`` unless the most probable grade
 alone is right more often than `coverage` (then every range is that one grade).
 
+Per grade (class-conditional, "Mondrian" conformal prediction; Vovk et al. 2005): one threshold per
+true grade, each the same quantile of the scores of that grade's calibration images only, so the
+coverage holds for every true grade, not only on average over grades (where a rare or ambiguous grade
+can fall short while a common one over-covers). A range then runs along the growth order to the last
+grade whose score is within its own threshold; it holds every grade within its threshold, so each
+grade's coverage is at least the promise, and it stays contiguous. Each grade needs its own
+``coverage / (1 - coverage)`` calibration images, so it suits calibration sets of hundreds or more
+(the out-of-fold predictions of `spine-hf cv`).
+
 Why the mass *before* the grade: counting the grade's own mass too and always keeping the most
 probable grade (the first version of this module) over-covers, because that grade is kept even when
 its own mass is above ``q``: 0.84 at a nominal 0.80 on synthetic ordinal logits; on the knee
@@ -94,17 +103,43 @@ def fewest_images(level: float) -> int:
     return next(n for n in itertools.count(1) if conformal_rank(n, level) <= n)
 
 
-def grade_range(probabilities: np.ndarray, threshold: float) -> tuple[int, int]:
+def grade_range(
+    probabilities: np.ndarray, threshold: float, per_grade: tuple[float, ...] | None = None
+) -> tuple[int, int]:
     """The lowest and highest grade of the range for one image: every grade whose score is within
-    `threshold` (a prefix of the growth order, so contiguous; the most probable grade always)."""
+    `threshold` (a prefix of the growth order, so contiguous; the most probable grade always). With
+    `per_grade` thresholds, the growth order up to the last grade whose score is within its own."""
     order = growth_order(probabilities)
-    members, mass = [order[0]], float(probabilities[order[0]])
-    for member in order[1:]:
-        if mass > threshold + _TOLERANCE:
-            break
-        members.append(member)
+    if per_grade is None:
+        members, mass = [order[0]], float(probabilities[order[0]])
+        for member in order[1:]:
+            if mass > threshold + _TOLERANCE:
+                break
+            members.append(member)
+            mass += float(probabilities[member])
+        return min(members), max(members)
+    last, mass = 0, 0.0
+    for position, member in enumerate(order):
+        if mass <= per_grade[member] + _TOLERANCE:
+            last = position
         mass += float(probabilities[member])
-    return min(members), max(members)
+    return min(order[: last + 1]), max(order[: last + 1])
+
+
+def fit_per_grade_thresholds(probabilities: np.ndarray, labels: np.ndarray, coverage: float) -> tuple[float, ...]:
+    """One threshold per grade for `coverage` of that grade's calibration images.
+
+    Raises:
+        ValueError: a grade with too few calibration images for the coverage (all such grades named).
+    """
+    labels = np.asarray(labels)
+    short = [(g, int((labels == g).sum())) for g in range(NUM_GRADES)
+             if conformal_rank(int((labels == g).sum()), coverage) > (labels == g).sum()]  # fmt: skip
+    if short:
+        listed = ", ".join(f"grade {g} has {n}" for g, n in short)
+        raise ValueError(f"per-grade ranges for {coverage:.0%} coverage need at least {fewest_images(coverage)} "
+                         f"calibration images of every grade: {listed}")  # fmt: skip
+    return tuple(fit_threshold(probabilities[labels == g], labels[labels == g], coverage) for g in range(NUM_GRADES))
 
 
 def range_text(low: int, high: int) -> str:
@@ -122,14 +157,23 @@ class GradeRanges:
     # Where it was fitted: the split and its number of images.
     split: str
     count: int
+    # One threshold per true grade (coverage for each grade; `threshold` is then the marginal one, kept for
+    # reference), or None: `threshold` for all (coverage over all grades together).
+    per_grade: tuple[float, ...] | None = None
+
+    @property
+    def method(self) -> str:
+        return "marginal" if self.per_grade is None else "per_grade"
 
     def ranges(self, probabilities: np.ndarray) -> np.ndarray:
         """N x 2 (lowest, highest grade) for N x grades probabilities."""
         rows = np.atleast_2d(probabilities)
-        return np.array([grade_range(row, self.threshold) for row in rows], dtype=np.int64).reshape(len(rows), 2)
+        found = [grade_range(row, self.threshold, self.per_grade) for row in rows]
+        return np.array(found, dtype=np.int64).reshape(len(rows), 2)
 
     def save(self, folder: str | os.PathLike) -> None:
-        Path(folder, RANGES_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        data = {**asdict(self), "method": self.method}
+        Path(folder, RANGES_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> GradeRanges | None:
@@ -139,17 +183,26 @@ class GradeRanges:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            ranges = cls(float(data["coverage"]), float(data["threshold"]), str(data["split"]), int(data["count"]))
+            per_grade = data.get("per_grade")
+            per_grade = None if per_grade is None else tuple(float(value) for value in per_grade)
+            ranges = cls(float(data["coverage"]), float(data["threshold"]), str(data["split"]), int(data["count"]),
+                         per_grade)  # fmt: skip
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path} is not a grade-range file written by `spine-hf calibrate`: {err}") from err
-        if not 0 < ranges.coverage < 1 or not 0 <= ranges.threshold <= 1 + _TOLERANCE:
-            raise ValueError(f"{path}: coverage {ranges.coverage} or threshold {ranges.threshold} is out of range")
+        thresholds = [ranges.threshold, *(ranges.per_grade or ())]
+        if not 0 < ranges.coverage < 1 or not all(0 <= t <= 1 + _TOLERANCE for t in thresholds):
+            raise ValueError(f"{path}: coverage {ranges.coverage} or a threshold in {thresholds} is out of range")
+        if ranges.per_grade is not None and len(ranges.per_grade) != NUM_GRADES:
+            raise ValueError(f"{path}: {len(ranges.per_grade)} per-grade thresholds for {NUM_GRADES} grades")
         return ranges
 
 
-def fit_grade_ranges(probabilities: np.ndarray, labels: np.ndarray, coverage: float, split: str) -> GradeRanges:
-    """`GradeRanges` for `coverage` fitted on a split's probabilities and true grades."""
-    return GradeRanges(coverage, fit_threshold(probabilities, labels, coverage), split, len(labels))
+def fit_grade_ranges(probabilities: np.ndarray, labels: np.ndarray, coverage: float, split: str,
+                     per_grade: bool = False) -> GradeRanges:  # fmt: skip
+    """`GradeRanges` for `coverage` fitted on a split's probabilities and true grades: over all grades
+    together, or (`per_grade`) for each true grade."""
+    thresholds = fit_per_grade_thresholds(probabilities, labels, coverage) if per_grade else None
+    return GradeRanges(coverage, fit_threshold(probabilities, labels, coverage), split, len(labels), thresholds)
 
 
 def coverage_report(ranges: np.ndarray, labels: np.ndarray) -> dict:

@@ -119,3 +119,56 @@ def test_coverage_report_counts_per_true_grade():
     assert report["per_grade_mean_width"] == [1.0, 2.0, None, 3.0, 1.0]
     assert report["per_grade_count"] == [1, 1, 0, 1, 1]
     assert range_text(1, 2) == "1-2" and range_text(3, 3) == "3"
+
+
+def skewed(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`synthetic` with grades as unbalanced as real data and a model that favours the common grades, so that
+    ranges fitted over all grades together under-cover the rare ones and over-cover the common ones."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(5, count, p=[0.4, 0.2, 0.2, 0.14, 0.06])
+    centre = labels + rng.normal(0, 0.8, count) - 0.35 * (labels >= 3)
+    logits = -((np.arange(5)[None] - centre[:, None]) ** 2) / 1.5 + rng.normal(0, 0.3, (count, 5))
+    return softmax(logits, axis=1), labels
+
+
+def test_per_grade_ranges_are_contiguous_and_hold_every_grade_within_its_threshold():
+    probabilities, labels = skewed(400, seed=2)
+    per_grade = (0.3, 0.6, 0.2, 0.9, 0.5)
+    for row in probabilities:
+        low, high = grade_range(row, 0.0, per_grade)
+        order = growth_order(row)
+        members = list(range(low, high + 1))
+        assert sorted(members) == sorted(order[: len(members)])  # a prefix of the growth order: contiguous
+        within = [g for g in range(5) if score(row, g) <= per_grade[g] + 1e-9]
+        assert all(low <= g <= high for g in within)
+        assert low <= int(row.argmax()) <= high
+
+
+def test_per_grade_coverage_holds_for_every_true_grade_where_one_threshold_does_not():
+    test, test_labels = skewed(40000, seed=5)
+    marginal, each = [], []
+    for seed in range(30, 40):
+        calibration, labels = skewed(2000, seed=seed)
+        for kept, per_grade in ((marginal, False), (each, True)):
+            ranges = fit_grade_ranges(calibration, labels, 0.9, "calibration", per_grade=per_grade)
+            kept.append(coverage_report(ranges.ranges(test), test_labels)["per_grade_coverage"])
+    marginal, each = np.mean(marginal, axis=0), np.mean(each, axis=0)
+    assert np.abs(marginal - 0.9).max() > 0.03  # one threshold: some grade more than 3 points off
+    assert np.all(each >= 0.9 - 0.01) and np.all(each <= 0.9 + 0.03), each
+
+
+def test_per_grade_ranges_need_enough_images_of_every_grade_and_round_trip(tmp_path):
+    probabilities, labels = skewed(400, seed=4)
+    few = labels.copy()
+    few[few == 4] = 3
+    few[np.flatnonzero(labels == 4)[:5]] = 4
+    with pytest.raises(ValueError, match="grade 4 has 5"):
+        fit_grade_ranges(probabilities, few, 0.9, "validation", per_grade=True)
+    ranges = fit_grade_ranges(probabilities, labels, 0.9, "validation", per_grade=True)
+    ranges.save(tmp_path)
+    loaded = GradeRanges.load(tmp_path)
+    assert loaded == ranges and loaded.method == "per_grade" and len(loaded.per_grade) == 5
+    np.testing.assert_array_equal(loaded.ranges(probabilities), ranges.ranges(probabilities))
+    marginal = fit_grade_ranges(probabilities, labels, 0.9, "validation")
+    marginal.save(tmp_path)
+    assert GradeRanges.load(tmp_path).method == "marginal" and GradeRanges.load(tmp_path).per_grade is None
