@@ -26,10 +26,10 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from spine_hf.conformal import RANGES_FILE, coverage_report, fit_grade_ranges
-from spine_hf.dataset_folder import decode_split, load_grade_split
+from spine_hf.dataset_folder import decode_split, load_grade_dataset, load_grade_split
 from spine_hf.evaluation import expected_calibration_error
 from spine_hf.inference import Predictor
-from spine_hf.model_folder import ModelFolder
+from spine_hf.model_folder import ENSEMBLE_FILE, ModelFolder
 from spine_hf.outputs import check_new_output, staged_folder
 from spine_hf.referral import DEFAULT_RATE, REFERRAL_FILE, REFERRAL_TENSORS, fit_referral
 
@@ -67,12 +67,73 @@ def calibrate_model(
     coverage: float = DEFAULT_COVERAGE,
     referral_rate: float = DEFAULT_RATE,
     describe_split: str = "train",
+    per_grade: bool = False,
+    cv_folder: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Fit T, the grade ranges for `coverage` and the referral threshold for `referral_rate` on `split`
-    (the referral's description on up to `DESCRIBE_LIMIT` images of `describe_split`), and write a copy
-    of the model folder with all of them in; returns the report (also written as calibration.json)."""
+    """Fit T, the grade ranges for `coverage` (for each grade with `per_grade`) and the referral threshold for
+    `referral_rate` on `split` (the referral's description on up to `DESCRIBE_LIMIT` images of
+    `describe_split`), and write a copy of the model folder with all of them in; returns the report (also
+    written as calibration.json).
+
+    A fold ensemble (`spine-hf cv`) is fitted on its cross-validation's out-of-fold predictions instead
+    (`cv_folder`, by default the folder that holds the ensemble): T and the ranges on every pooled image,
+    each predicted by the member that did not see it; the referral on its own network's held-out fold,
+    described by that network's training folds. T is folded into every member."""
     check_new_output(out, overwrite)
+    predictor = Predictor(model)
+    if predictor.backend == "onnx":
+        raise ValueError(f"{model} is an ONNX export: calibrate the PyTorch model folder it came from (the "
+                         "temperature is folded into its weights), then export the calibrated folder")  # fmt: skip
+    if predictor.folder.members:
+        fitting = _out_of_fold(predictor, data, Path(cv_folder) if cv_folder else predictor.folder.path.parent)
+    else:
+        fitting = _split(predictor, data, split, describe_split)
+    logits, labels, features = fitting["logits"], fitting["labels"], fitting["features"]
+    temperature = fit_temperature(logits, labels)
+    report = {
+        "temperature": temperature,
+        "split": fitting["split"],
+        "count": len(labels),
+        "ece_before": ece_at(logits, labels),
+        "ece_after": ece_at(logits, labels, temperature),
+        "nll_before": nll(logits, labels),
+        "nll_after": nll(logits, labels, temperature),
+    }
+    try:
+        probabilities = softmax(logits / temperature, axis=1)
+        ranges = fit_grade_ranges(probabilities, labels, coverage, fitting["split"], per_grade=per_grade)
+        width = coverage_report(ranges.ranges(probabilities), labels)["mean_width"]
+        report["grade_ranges"] = {"coverage": coverage, "method": ranges.method, "threshold": ranges.threshold,
+                                  "per_grade": ranges.per_grade, "mean_width": width}  # fmt: skip
+    except ValueError as err:
+        ranges, report["grade_ranges"] = None, {"not_fitted": str(err)}
+    try:
+        referral = fit_referral(fitting["described"], fitting["described_labels"], features, rate=referral_rate,
+                                split=fitting["held_out"], described_split=fitting["described_split"])  # fmt: skip
+        report["referral"] = {"rate": referral_rate, "threshold": referral.threshold,
+                              "described_count": len(fitting["described"]), "held_out": fitting["held_out"],
+                              "referred_fraction": float(referral.refer(referral.scores(features)).mean())}  # fmt: skip
+    except ValueError as err:
+        referral, report["referral"] = None, {"not_fitted": str(err)}
+    with staged_folder(out, overwrite) as staging:
+        shutil.copytree(predictor.folder.path, staging, dirs_exist_ok=True)
+        folder = ModelFolder.read(staging)
+        for member in folder.member_folders() or [folder]:
+            for stale in (RANGES_FILE, REFERRAL_FILE, REFERRAL_TENSORS):  # fitted for the model before this one
+                Path(member.path, stale).unlink(missing_ok=True)
+            member.scale_classifier(temperature)
+        if ranges is not None:
+            ranges.save(staging)
+        if referral is not None:
+            referral.save(staging)
+        (staging / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _split(predictor: Predictor, data, split: str, describe_split: str) -> dict:
+    """What a single network is calibrated on: the logits and features of `split`, the features of (up to
+    `DESCRIBE_LIMIT` images of) `describe_split`."""
     if describe_split == split:
         raise ValueError(f"--describe-split must differ from --split ({split}): the referral threshold is chosen "
                          "on images the description has not seen")  # fmt: skip
@@ -82,48 +143,52 @@ def calibrate_model(
     except ValueError as err:
         raise ValueError(f"{err}; the referral describes the training images' features: name the split that "
                          "holds them with --describe-split") from err  # fmt: skip
-    predictor = Predictor(model)
-    if predictor.backend == "onnx":
-        raise ValueError(f"{model} is an ONNX export: calibrate the PyTorch model folder it came from (the "
-                         "temperature is folded into its weights), then export the calibrated folder")  # fmt: skip
     features, logits = predictor.features(decode_split(rows))
-    labels = np.asarray(rows["label"], dtype=np.int64)
-    temperature = fit_temperature(logits, labels)
-    report = {
-        "temperature": temperature,
-        "split": split,
-        "count": len(labels),
-        "ece_before": ece_at(logits, labels),
-        "ece_after": ece_at(logits, labels, temperature),
-        "nll_before": nll(logits, labels),
-        "nll_after": nll(logits, labels, temperature),
-    }
-    try:
-        probabilities = softmax(logits / temperature, axis=1)
-        ranges = fit_grade_ranges(probabilities, labels, coverage, split)
-        width = coverage_report(ranges.ranges(probabilities), labels)["mean_width"]
-        report["grade_ranges"] = {"coverage": coverage, "threshold": ranges.threshold, "mean_width": width}
-    except ValueError as err:
-        ranges, report["grade_ranges"] = None, {"not_fitted": str(err)}
-    if len(described_rows) > DESCRIBE_LIMIT:
-        chosen = np.sort(np.random.default_rng(0).choice(len(described_rows), DESCRIBE_LIMIT, replace=False))
-        described_rows = described_rows.select(chosen)
+    described_rows = _sample(described_rows)
     described, _ = predictor.features(decode_split(described_rows))
-    try:
-        referral = fit_referral(described, np.asarray(described_rows["label"]), features, rate=referral_rate,
-                                split=split, described_split=describe_split)  # fmt: skip
-        report["referral"] = {"rate": referral_rate, "threshold": referral.threshold, "described_count": len(described),
-                              "referred_fraction": float(referral.refer(referral.scores(features)).mean())}  # fmt: skip
-    except ValueError as err:
-        referral, report["referral"] = None, {"not_fitted": str(err)}
-    with staged_folder(out, overwrite) as staging:
-        shutil.copytree(predictor.folder.path, staging, dirs_exist_ok=True)
-        for stale in (RANGES_FILE, REFERRAL_FILE, REFERRAL_TENSORS):  # fitted for the model before this one
-            Path(staging, stale).unlink(missing_ok=True)
-        ModelFolder.read(staging).scale_classifier(temperature)
-        if ranges is not None:
-            ranges.save(staging)
-        if referral is not None:
-            referral.save(staging)
-        (staging / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return {"logits": logits, "labels": np.asarray(rows["label"], dtype=np.int64), "features": features,
+            "split": split, "held_out": split, "described": described,
+            "described_labels": np.asarray(described_rows["label"]), "described_split": describe_split}  # fmt: skip
+
+
+def _sample(rows):
+    """At most `DESCRIBE_LIMIT` rows, a seeded sample beyond."""
+    if len(rows) <= DESCRIBE_LIMIT:
+        return rows
+    return rows.select(np.sort(np.random.default_rng(0).choice(len(rows), DESCRIBE_LIMIT, replace=False)))
+
+
+def _out_of_fold(predictor: Predictor, data, cv_folder: Path) -> dict:
+    """What a fold ensemble is calibrated on: its cross-validation's out-of-fold probabilities (as logits), and
+    its own network's features on that network's held-out fold and (up to `DESCRIBE_LIMIT` of) its training
+    folds."""
+    from spine_hf.cross_validation import OOF_FILE, read_oof_file
+
+    if not (cv_folder / OOF_FILE).is_file():
+        raise ValueError(f"{predictor.folder.path} is a fold ensemble, calibrated on its cross-validation's "
+                         f"out-of-fold predictions, and {cv_folder} has no {OOF_FILE}: give the cross-validation "
+                         "folder with --cv")  # fmt: skip
+    oof = read_oof_file(cv_folder)
+    own = json.loads((predictor.folder.path / ENSEMBLE_FILE).read_text(encoding="utf-8"))["single_network"]
+    fold = int(own.removeprefix("fold_"))
+    dataset = load_grade_dataset(data)
+    held = [i for i, f in enumerate(oof["fold"]) if f == fold]
+    trained = [i for i, f in enumerate(oof["fold"]) if f != fold]
+    if len(trained) > DESCRIBE_LIMIT:
+        trained = sorted(np.random.default_rng(0).choice(trained, DESCRIBE_LIMIT, replace=False).tolist())
+
+    def features_of(positions: list[int]) -> np.ndarray:
+        images: list = [None] * len(positions)
+        for split in dict.fromkeys(oof["split"][i] for i in positions):  # one decode per split
+            mine = [n for n, i in enumerate(positions) if oof["split"][i] == split]
+            decoded = decode_split(dataset[split].select([oof["row"][positions[n]] for n in mine]))
+            for n, image in zip(mine, decoded, strict=True):
+                images[n] = image
+        return predictor.features(images)[0]
+
+    # Rounded probabilities of exactly 0 would be -inf logits; 1e-6 is below what the file resolves.
+    logits = np.log(np.clip(oof["probabilities"], 1e-6, None))
+    return {"logits": logits, "labels": oof["grade"], "features": features_of(held),
+            "split": f"out-of-fold ({cv_folder.name}, {len(logits)} images)", "held_out": f"{own} (held out)",
+            "described": features_of(trained), "described_labels": oof["grade"][trained],
+            "described_split": f"folds other than {own}"}  # fmt: skip

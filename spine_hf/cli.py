@@ -29,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from spine_hf.train import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["cv"]:  # cross-validation takes the training configuration too
+        from spine_hf.cross_validation import main as cv_main
+
+        return cv_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging()
@@ -56,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "train",
         help="train a model: spine-hf train --config_path configs/quickstart.yaml [--optim.lr=3e-4 ...]",
+        add_help=False,
+    )
+    commands.add_parser(
+        "cv",
+        help="K-fold cross-validation by patient, out-of-fold metrics and a fold ensemble: spine-hf cv "
+        "--config_path FILE --folds 5 [--seed S] [--fold K] [--section.key=value ...]",
         add_help=False,
     )
     data = commands.add_parser("data", help="check, organise, split and convert image folders")
@@ -96,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace OUT once the new dataset is complete")
     convert.add_argument("--push-to-hub", metavar="REPO", help="also push the dataset to this Hub repo")
     convert.add_argument("--public", action="store_true", help="create the Hub repo as public (default private)")
+    convert.add_argument("--group-regex",
+                         help=r"patient id from the file name, e.g. '^(\d+)' (default: DIR/patients.csv)")  # fmt: skip
     convert.set_defaults(handler=_convert)
 
     phantoms = data_commands.add_parser("phantoms", help="synthetic lumbar-spine radiographs of every grade")
@@ -128,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 0.02)")  # fmt: skip
     calibrate.add_argument("--describe-split", default="train",
                            help="split whose image features describe the training data (default train)")  # fmt: skip
+    calibrate.add_argument("--per-grade", action="store_true",
+                           help="grade ranges whose coverage holds for each true grade (needs about 10 images of "
+                           "every grade at 90%%; suits out-of-fold calibration)")  # fmt: skip
+    calibrate.add_argument("--cv", help="a fold ensemble's cross-validation folder, whose out-of-fold predictions it "
+                           "is calibrated on (default: the folder holding the ensemble)")  # fmt: skip
     calibrate.add_argument("--out", required=True, help="folder for the calibrated copy of the model")
     calibrate.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT once the copy is ready")
     calibrate.set_defaults(handler=_calibrate)
@@ -224,7 +241,7 @@ def _calibrate(args) -> int:
 
     report = calibrate_model(args.model, args.data, args.out, split=args.split, coverage=args.coverage,
                              referral_rate=args.referral_rate, describe_split=args.describe_split,
-                             overwrite=args.overwrite)  # fmt: skip
+                             per_grade=args.per_grade, cv_folder=args.cv, overwrite=args.overwrite)  # fmt: skip
     print(
         f"temperature {report['temperature']:.4f} fitted on {report['split']} ({report['count']} images): "
         f"ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}, "
@@ -234,13 +251,14 @@ def _calibrate(args) -> int:
     if "not_fitted" in ranges:
         print(f"grade ranges NOT fitted: {ranges['not_fitted']}")
     else:
-        print(f"grade ranges for {ranges['coverage']:.0%} coverage: threshold {ranges['threshold']:.4f}, "
+        each = " for each grade" if ranges["method"] == "per_grade" else ""
+        print(f"grade ranges for {ranges['coverage']:.0%} coverage{each}: threshold {ranges['threshold']:.4f}, "
               f"mean width {ranges['mean_width']:.2f} grades on {report['split']}")  # fmt: skip
     if "not_fitted" in referral:
         print(f"referral NOT fitted: {referral['not_fitted']}")
     else:
-        print(f"referral: features of {referral['described_count']} {args.describe_split} images described; "
-              f"threshold {referral['threshold']:.2f} refers {referral['referred_fraction']:.1%} of {report['split']} "
+        print(f"referral: features of {referral['described_count']} images described; threshold "
+              f"{referral['threshold']:.2f} refers {referral['referred_fraction']:.1%} of {referral['held_out']} "
               f"(rate {referral['rate']:.0%})")  # fmt: skip
     print(f"calibrated model in {args.out}")
     return EXIT_OK
@@ -365,11 +383,12 @@ def _verify(args) -> int:
 def _convert(args) -> int:
     from spine_hf.convert import convert_to_dataset
 
-    report = convert_to_dataset(
-        args.dir, args.out, overwrite=args.overwrite, push_to_hub=args.push_to_hub, private=not args.public
-    )
+    report = convert_to_dataset(args.dir, args.out, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+                                private=not args.public, group_regex=args.group_regex)  # fmt: skip
     _print_problems(report.problems, 30)
     print(_grade_table(report.counts))
+    if report.grouping:
+        print(f"patient ids for {report.with_patient} of {report.images} images from {report.grouping}")
     print(
         f"wrote {report.images} images to {report.out} (datasets.load_from_disk): {report.kept} kept as they were, "
         f"{report.reencoded} re-encoded to 8-bit grayscale PNG, {report.dicom} DICOM de-identified; "

@@ -62,13 +62,25 @@ def severe_cut_auc(probabilities: np.ndarray, references: np.ndarray) -> float:
     return float(roc_auc_score(positive, probabilities[:, 2:].sum(axis=1)))
 
 
-def bootstrap_intervals(probabilities: np.ndarray, references: np.ndarray, rounds: int, seed: int) -> dict:
-    """95 % percentile intervals for every scalar metric, per-grade precision/recall and the AUC."""
+def bootstrap_intervals(probabilities: np.ndarray, references: np.ndarray, rounds: int, seed: int,
+                        groups: np.ndarray | None = None) -> dict:  # fmt: skip
+    """95 % percentile intervals for every scalar metric, per-grade precision/recall and the AUC.
+
+    Images are resampled with replacement; with `groups` (a patient id per image), patients are, each
+    with all of their images, since images of one patient are not independent of each other."""
     rng = np.random.default_rng(seed)
     predictions = probabilities.argmax(axis=1)
+    members = None
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])  # each patient's image indices
     samples: dict[str, list] = {}
     for _ in range(rounds):
-        index = rng.integers(0, len(references), len(references))
+        if members is None:
+            index = rng.integers(0, len(references), len(references))
+        else:
+            index = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
         metrics = compute_grading_metrics(predictions[index], references[index])
         for name in SCALARS:
             samples.setdefault(name, []).append(metrics[name])

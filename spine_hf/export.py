@@ -4,10 +4,12 @@
 
 The graph takes the normalised pixels (N x 3 x S x S, any N) and returns the logits and the features
 the classifier layer receives (for the out-of-distribution referral), for timm and transformers
-backbones alike. The exported folder holds ``model.onnx`` and every file of the model folder but its
-PyTorch weights: the preprocessing and grade names (config.json), the temperature, grade ranges and
-referral where `spine-hf calibrate` fitted them, the model card with a section on the export, and
-``export.json`` with the parity figures.
+backbones alike. A fold ensemble (`spine-hf cv`) becomes one graph holding every member: its logits
+are the log of the members' mean probabilities, its features those of the folder's own network. The
+exported folder holds ``model.onnx`` and every file of the model folder but its PyTorch weights: the
+preprocessing and grade names (config.json), the temperature, grade ranges and referral where
+`spine-hf calibrate` fitted them, the model card with a section on the export, and ``export.json``
+with the parity figures.
 
 Every export is checked on images before it is published: the ONNX Runtime probabilities against
 PyTorch's (largest absolute difference, share of images with the same top grade, and QWK where the
@@ -30,7 +32,7 @@ import numpy as np
 from spine_hf.dataset_folder import decode_split, load_grade_split
 from spine_hf.inference import Predictor
 from spine_hf.metrics import compute_grading_metrics
-from spine_hf.model_folder import ONNX_FILE, WEIGHTS_FILE
+from spine_hf.model_folder import ENSEMBLE_FILE, ONNX_FILE, WEIGHTS_FILE
 from spine_hf.outputs import check_new_output, staged_folder
 
 EXPORT_FILE = "export.json"
@@ -63,7 +65,8 @@ def export_onnx(
     images, labels, checked_on = _check_images(calibration_data, check_split)
     with staged_folder(out, overwrite) as staging:
         for item in predictor.folder.path.iterdir():
-            if item.is_file() and item.name != WEIGHTS_FILE and not item.name.startswith("."):
+            # The graph holds every member of an ensemble: the exported folder is one model.
+            if item.is_file() and item.name not in (WEIGHTS_FILE, ENSEMBLE_FILE) and not item.name.startswith("."):
                 shutil.copy2(item, staging / item.name)
         _export_graph(predictor, staging / ONNX_FILE)
         if int8:
@@ -76,6 +79,7 @@ def export_onnx(
             "source": str(model),
             "library": predictor.folder.library,
             "image_size": predictor.preprocessing.size,
+            "members": len(predictor.members),
             **({"calibration": {"split": calibration_split, "images": len(calibration)}} if int8 else {}),
             "check": _parity(predictor, Predictor(staging, backend="onnx"), images, labels, checked_on),
             "seconds": round(time.perf_counter() - start, 1),
@@ -98,15 +102,22 @@ def _export_graph(predictor: Predictor, path: Path) -> None:
     model = predictor.folder.load_model().eval()
     # The model without its classifier layer returns the layer's input: the features.
     classifier = predictor.folder.replace_classifier(model, nn.Identity())
+    # An ensemble's other members, whole (the folder's own network is `model`).
+    members = predictor.folder.member_folders()
+    others = [member.load_model().eval() for member in members if member is not predictor.folder]
 
     class LogitsAndFeatures(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body, self.classifier = model, classifier
+            self.body, self.classifier, self.others = model, classifier, nn.ModuleList(others)
 
         def forward(self, pixel_values):
             features = self.body(pixel_values).flatten(1)
-            return self.classifier(features).flatten(1), features
+            logits = self.classifier(features).flatten(1)
+            if len(self.others):  # the log of the members' mean probabilities, as the Predictor computes it
+                probabilities = [logits.softmax(dim=1)] + [m(pixel_values).softmax(dim=1) for m in self.others]
+                logits = torch.stack(probabilities).mean(dim=0).log()
+            return logits, features
 
     side = predictor.preprocessing.size
     example = torch.zeros(2, 3, side, side)

@@ -8,6 +8,10 @@ PyTorch weights (under `torch.inference_mode`) or, for a folder from `spine-hf e
 Runtime, which needs neither torch nor transformers. `predict_files` grades a list of files with a
 result per file, so one bad file costs only its own line.
 
+A fold ensemble's folder (`spine-hf cv`) is graded by all its members: the probabilities are the mean
+of theirs (and the logits their logarithm), the features for the referral and Grad-CAM those of the
+folder's own network.
+
 Where `spine-hf calibrate` stored them in the folder, every prediction also carries its conformal
 grade range (`conformal.GradeRanges`) and whether the image looks like the training radiographs
 (`referral.Referral`, from the classifier's input features); a folder without them predicts exactly
@@ -104,8 +108,10 @@ class Predictor:
         self.batch_size = batch_size
         self.grade_ranges = self.folder.grade_ranges
         self.referral = self.folder.referral
-        # torch: the module, its device and what it computes in (fp32 or bf16); None with onnx.
+        # torch: the folder's own network, its device and what it computes in (fp32 or bf16); None with onnx.
         self.model = self.device = self.precision = self.session = None
+        # torch: every network whose probabilities are averaged ([self.model] unless the folder is an ensemble).
+        self.members: list = []
         if backend == "onnx":
             if precision == "bf16" or device not in (None, "cpu"):
                 raise ValueError("the onnx backend runs the exported graph as it is, on the CPU: "
@@ -117,8 +123,14 @@ class Predictor:
         from spine_hf.model import resolve_precision
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
         # channels_last: the layout oneDNN and cuDNN convolutions are fastest in (as in training).
-        self.model = self.folder.load_model().to(self.device).eval().to(memory_format=torch.channels_last)
+        def load(folder):
+            return folder.load_model().to(self.device).eval().to(memory_format=torch.channels_last)
+
+        self.model = load(self.folder)
+        members = self.folder.member_folders()
+        self.members = [self.model if member is self.folder else load(member) for member in members] or [self.model]
         self.precision = resolve_precision(precision, self.device)
 
     @staticmethod
@@ -138,7 +150,7 @@ class Predictor:
         return self.preprocessing.normalise_array(squares)
 
     def logits(self, images: Sequence) -> np.ndarray:
-        """Raw model outputs, N x 5."""
+        """Raw model outputs, N x 5 (for a fold ensemble, the log of its members' mean probabilities)."""
         return self.outputs(images).logits
 
     def probabilities(self, images: Sequence, flip_tta: bool = False) -> np.ndarray:
@@ -172,7 +184,8 @@ class Predictor:
         return Outputs(np.concatenate([empty, *out["logits"]]), np.concatenate([empty, *out["probabilities"]]), vectors)
 
     def _run_torch(self, batch: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, features or None) of one batch; the features are what the classifier layer receives."""
+        """(logits, features or None) of one batch; the features are what the classifier layer of the folder's
+        own network receives. For an ensemble the logits are the log of the members' mean probabilities."""
         import torch
 
         captured: list[torch.Tensor] = []
@@ -184,9 +197,14 @@ class Predictor:
             with torch.inference_mode():
                 pixels = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                    logits = self.model(pixels)
+                    outputs = [member(pixels).float() for member in self.members]
+                    if features and not captured:  # the folder's own network is not one of the members
+                        self.model(pixels)
+                logits = outputs[0]
+                if len(outputs) > 1:
+                    logits = torch.stack([output.softmax(dim=1) for output in outputs]).mean(dim=0).log()
                 vectors = captured.pop().float().cpu().numpy() if features else None
-                return logits.float().cpu().numpy(), vectors
+                return logits.cpu().numpy(), vectors
         finally:
             if hook is not None:
                 hook.remove()

@@ -14,11 +14,11 @@ from spine_hf.grades import GRADE_NAMES
 DISCLAIMER = "Research use only: this model is not a medical device"
 
 
-def model_card(cfg: Config, record: dict | None, library: str) -> str:
+def model_card(cfg: Config, record: dict | None, library: str, evaluated_on: str = "") -> str:
     """README.md for a model folder of `library` ("timm" or "transformers") trained with `cfg`; `record` is the
-    best epoch's metrics."""
-    split = cfg.data.eval_split
-    metrics = (record or {}).get(split, {})
+    best epoch's metrics (under the name of data.eval_split), measured on `evaluated_on` (default: that split)."""
+    metrics = (record or {}).get(cfg.data.eval_split, {})
+    split = evaluated_on or cfg.data.eval_split
     results = [
         {"type": key, "name": name, "value": round(float(metrics[key]), 4)}
         for key, name in (("qwk", "Quadratic weighted kappa"), ("accuracy", "Accuracy"),
@@ -73,7 +73,7 @@ data; populations, scanners or grading conventions the training data did not cov
 {cfg.train.epochs} epochs. The full resolved configuration is in `spine_hf_config.yaml`.
 
 ## Evaluation results
-Split `{split}`{f", epoch {record.get('epoch')}" if record else ""}:
+Split `{split}`{f", epoch {record['epoch']}" if record and "epoch" in record else ""}:
 
 | metric | value |
 | --- | --- |
@@ -117,3 +117,38 @@ model = timm.create_model("hf-hub:REPO", pretrained=True)  # or "local-dir:FOLDE
 ```
 '''
     }"""
+
+
+def ensemble_card(cfg: Config, cv_metrics: dict, library: str, single: str) -> str:
+    """README.md for a fold ensemble (`spine-hf cv`): the card of its own network (`single`), with the
+    out-of-fold results and what loads the ensemble and what loads only its own network."""
+    folds = cv_metrics["folds"]
+    rows = "\n".join(
+        f"| {name} | {entry['value']:.4f} | [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}] | "
+        f"{spread['min']:.4f} to {spread['max']:.4f} |"
+        for name, entry, spread in ((name, cv_metrics["metrics"][name], cv_metrics["fold_spread"][name])
+                                    for name in cv_metrics["metrics"])
+    )  # fmt: skip
+    record = {cfg.data.eval_split: {name: entry["value"] for name, entry in cv_metrics["metrics"].items()}}
+    card = model_card(cfg, record, library, f"out-of-fold ({cfg.data.train_split} + {cfg.data.eval_split})")
+    section = f"""
+## A fold ensemble of {folds} networks
+
+This folder holds the {folds} best models of a {folds}-fold cross-validation (`spine-hf cv`) over the
+`{cfg.data.train_split}` and `{cfg.data.eval_split}` splits, folds grouped by patient. `spine_hf.inference.Predictor`,
+`spine-hf predict`, `spine-hf evaluate`, the spine-hf app and `spine-hf export` use all of them and
+average their probabilities (`ensemble.json` lists the members; the others are in `members/`).
+
+**`pipeline()`, `AutoModelForImageClassification` and timm load single networks: they load only this
+folder's own network, `{single}`** (the fold with the highest held-out QWK), not the ensemble. Grad-CAM
+in the app explains that network too.
+
+Out-of-fold results: every one of the {cv_metrics["count"]} images of {cv_metrics["patients"]} patients graded by
+the member that did not see it (95 % intervals from resampling patients; the last column is the
+range of the {folds} folds' own values):
+
+| metric | out of fold | 95 % interval | folds |
+| --- | --- | --- | --- |
+{rows}
+"""
+    return card.rstrip("\n") + "\n" + section

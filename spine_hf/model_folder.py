@@ -11,6 +11,10 @@ description `spine-hf calibrate` stores beside the weights (`grade_ranges`, `ref
 written by `spine-hf export` holds ``model.onnx`` instead of the PyTorch weights (`has_onnx`,
 `onnx_session`).
 
+A fold ensemble (`spine-hf cv`) is a model folder too: its own network is one of the members (the one
+`pipeline()` and timm load, as they load single networks), and ``ensemble.json`` lists the member
+folders whose probabilities `Predictor` averages (`members`, `member_folders`, `save_ensemble`).
+
 Loading is as light as the folder allows: a timm folder loads through timm alone (its ``local-dir:``
 loader; transformers is not even imported), a transformers folder through
 `AutoModelForImageClassification`, and reading a folder imports neither torch nor onnxruntime.
@@ -44,6 +48,9 @@ CONFIG_FILE = "spine_hf_config.yaml"
 METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
+# In a fold ensemble: the member folders (relative paths, "." for the folder's own network) and how they combine.
+ENSEMBLE_FILE = "ensemble.json"
+MEMBERS_DIR = "members"
 # transformers backbones are wrapped in `model.HFClassifier`, whose state dict adds this prefix.
 HF_PREFIX = "hf_model."
 
@@ -63,6 +70,8 @@ class ModelFolder:
     # Conformal grade ranges and the out-of-distribution referral, where `spine-hf calibrate` fitted them.
     grade_ranges: GradeRanges | None = None
     referral: Referral | None = None
+    # A fold ensemble's member folders, relative to `path` ("." is this folder's own network); () for one network.
+    members: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ModelFolder:
@@ -71,7 +80,7 @@ class ModelFolder:
         if not config_file.is_file():
             raise FileNotFoundError(f"{path}: no config.json; not a model folder saved by spine-hf or transformers")
         config = json.loads(config_file.read_text())
-        trust = {"grade_ranges": GradeRanges.load(path), "referral": Referral.load(path)}
+        trust = {"grade_ranges": GradeRanges.load(path), "referral": Referral.load(path), "members": _members(path)}
         if "pretrained_cfg" in config:
             cfg = config["pretrained_cfg"]
             preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
@@ -84,6 +93,18 @@ class ModelFolder:
         side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
         preprocessing = Preprocessing(int(side), tuple(processor["image_mean"]), tuple(processor["image_std"]))
         return cls(path, "transformers", preprocessing, "classifier", labels, **trust)
+
+    def member_folders(self) -> list[ModelFolder]:
+        """The `ModelFolder` of each member of a fold ensemble (`self` for "."), checked to see the same pixels
+        and predict the same grades; [] for a single network."""
+        found = []
+        for member in self.members:
+            folder = self if member == "." else ModelFolder.read(self.path / member)
+            if folder.preprocessing != self.preprocessing or folder.labels != self.labels:
+                raise ValueError(f"{self.path / member}: its preprocessing or grade names differ from {self.path}'s; "
+                                 f"an ensemble's members must see and predict the same")  # fmt: skip
+            found.append(folder)
+        return found
 
     @property
     def has_weights(self) -> bool:
@@ -151,6 +172,41 @@ class ModelFolder:
             if key in weights:
                 weights[key] = (weights[key].float() / temperature).to(weights[key].dtype).contiguous()
         save_file(weights, str(self.path / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def _members(path: Path) -> tuple[str, ...]:
+    """The member folders listed in `path`'s ENSEMBLE_FILE, or () when it has none."""
+    file = path / ENSEMBLE_FILE
+    if not file.is_file():
+        return ()
+    try:
+        members = tuple(str(member) for member in json.loads(file.read_text(encoding="utf-8"))["members"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{file} is not an ensemble file written by `spine-hf cv`: {err}") from err
+    outside = [m for m in members if m != "." and (Path(m).is_absolute() or ".." in Path(m).parts)]
+    if not members or outside:
+        raise ValueError(f"{file}: members must be folders inside {path} (found {list(members)})")
+    return members
+
+
+def save_ensemble(members: dict[str, Path], single: str, out: str | os.PathLike, card: str, info: dict) -> Path:
+    """Write a fold ensemble of `members` (name -> model folder): member `single` is the folder's own network
+    (what `pipeline()` and timm load), the others go to ``members/<name>``; `card` replaces the model card,
+    `info` goes into ENSEMBLE_FILE. Replaces `out` only once the new folder is complete."""
+    import shutil
+
+    listed = []
+    with staged_folder(out, overwrite=True) as staging:
+        for name, member in members.items():
+            if name == single:
+                shutil.copytree(member, staging, dirs_exist_ok=True)
+                listed.append(".")
+            else:
+                shutil.copytree(member, staging / MEMBERS_DIR / name)
+                listed.append(f"{MEMBERS_DIR}/{name}")
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        (staging / ENSEMBLE_FILE).write_text(json.dumps({"members": listed, **info}, indent=2) + "\n", encoding="utf-8")
+    return Path(out)
 
 
 def open_model_folder(model: str | os.PathLike) -> ModelFolder:

@@ -1,0 +1,373 @@
+"""`spine-hf cv`: K-fold cross-validation over the training and validation images, grouped by patient.
+
+    spine-hf cv --config_path configs/knee-cpu.yaml --folds 5 [--seed 42] [--fold K] [--section.key=value ...]
+    accelerate launch -m spine_hf.cross_validation --config_path FILE --folds 5      # the same on N processes
+
+One split into training and validation cannot tell a better model from a luckier split on a few hundred
+images. Here the two splits are pooled and cut into K folds by patient (`folds`); each fold is held out
+once while an ordinary run trains on the others and picks its best epoch on it. Every pooled image thus
+gets exactly one prediction from the model that never saw it (out-of-fold), and the metrics over all of
+them, with intervals from resampling patients, are what `cv_metrics.json` reports beside each fold's
+own value and their spread. The test split is never read.
+
+``train.output_dir`` becomes the cross-validation folder:
+
+* ``folds.csv`` (which image is in which fold) and ``cv.json`` (the settings; a later run must match);
+* ``fold_K/``: an ordinary run folder (`checkpoints`, ``best/``, ``metrics.json``, where the
+  "validation" metrics are those of the held-out fold) plus ``held_out_predictions.csv``, the best
+  model's probabilities for the fold's held-out images, as `Predictor` computes them;
+* once every fold is done: ``oof_predictions.csv`` (file, patient, fold, grade, predicted grade,
+  five probabilities), ``cv_metrics.json`` and ``ensemble/``, the K best models as one model folder
+  (`model_folder.save_ensemble`) whose own network, the one `pipeline()` and timm load, is the fold
+  with the highest held-out QWK.
+
+Folds run one after another in the same `accelerate` loop as `spine-hf train`, on one CPU, one GPU or
+many, reading the splits' decoded caches (decoded once for all folds). A run that stops continues the
+fold it was on from its latest checkpoint; finished folds are never trained again. ``--fold K`` trains
+one fold alone, so folds can run side by side (one `accelerate launch` per GPU group or machine, the
+fold folders gathered in one place afterwards); a plain `cv` then trains only what is missing and
+gathers the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from spine_hf.checkpoints import BEST_DIR, CHECKPOINTS_DIR, CONFIG_FILE, RESULTS_FILE, STATE_FILE
+from spine_hf.config import Config, ConfigError, config_to_yaml, parse_config
+from spine_hf.dataset_folder import decode_split, load_grade_dataset
+from spine_hf.folds import FOLDS_FILE, Folds, make_folds
+from spine_hf.grades import GRADE_NAMES, NUM_GRADES
+
+CV_FILE = "cv.json"
+OOF_FILE = "oof_predictions.csv"
+CV_METRICS_FILE = "cv_metrics.json"
+HELD_OUT_FILE = "held_out_predictions.csv"
+ENSEMBLE_DIR = "ensemble"
+PROBABILITY_COLUMNS = tuple(f"p_{name}" for name in GRADE_NAMES)
+# The metrics reported over all images and per fold.
+SCALARS = ("qwk", "accuracy", "balanced_accuracy", "macro_f1", "mae")
+
+
+@dataclass
+class CVResult:
+    """What `cross_validate` did and found."""
+
+    out: Path
+    folds: Folds
+    # Folds trained (or continued) by this call, and folds still missing after it.
+    trained: list[int]
+    missing: list[int]
+    # cv_metrics.json, once every fold is done.
+    metrics: dict | None = None
+
+
+def fold_folder(out: Path, fold: int) -> Path:
+    return out / f"fold_{fold}"
+
+
+def cross_validate(cfg: Config, folds: int = 5, seed: int = 42, only: int | None = None,
+                   group_regex: str | None = None) -> CVResult:  # fmt: skip
+    """Train the folds of `cfg`'s training + validation splits that are not done yet (only fold `only` when
+    given), then, when all are done, write the out-of-fold predictions, their metrics and the ensemble.
+
+    Raises:
+        ConfigError: settings cross-validation cannot use, or a folder holding another cross-validation.
+        ValueError: too few patients for the folds, or data that does not fit.
+    """
+    from accelerate import PartialState
+
+    out = Path(cfg.train.output_dir)
+    if cfg.train.resume:
+        raise ConfigError("cv continues unfinished folds by itself: leave train.resume empty")
+    if cfg.data.max_samples:
+        raise ConfigError("data.max_samples cuts the splits short; cross-validation needs every image (leave it 0)")
+    dataset = load_grade_dataset(cfg.data.dataset)
+    pool = (cfg.data.train_split, cfg.data.eval_split)
+    for split in pool:
+        if split not in dataset:
+            raise ConfigError(f"{cfg.data.dataset} has no split {split!r} (it has {sorted(dataset)})")
+    plan = make_folds(dataset, pool, folds, seed, group_regex)
+    if only is not None and not 0 <= only < folds:
+        raise ConfigError(f"--fold {only}: the folds are numbered 0 to {folds - 1}")
+    state = PartialState()  # the processes `accelerate launch` started (one without it)
+    if state.is_main_process:
+        _claim(out, plan, cfg, only)
+    state.wait_for_everyone()
+    trained = []
+    for fold in range(folds) if only is None else [only]:
+        folder = fold_folder(out, fold)
+        if not cfg.train.overwrite and (folder / HELD_OUT_FILE).is_file():
+            continue
+        if cfg.train.overwrite or not (folder / RESULTS_FILE).is_file():
+            _train_fold(cfg, plan, fold, folder)
+            trained.append(fold)
+        if state.is_main_process:
+            write_held_out(folder, plan, fold, dataset, cfg.train.eval_batch_size)
+        state.wait_for_everyone()
+    missing = [fold for fold in range(folds) if not (fold_folder(out, fold) / HELD_OUT_FILE).is_file()]
+    result = CVResult(out, plan, trained, missing)
+    if not missing:
+        if state.is_main_process:
+            result.metrics = gather(out, plan, cfg)
+        state.wait_for_everyone()
+    state.destroy_process_group()
+    return result
+
+
+def _settings(plan: Folds, cfg: Config) -> dict:
+    """What a cross-validation folder was made with; a later run in it must use the same."""
+    neutral = replace(cfg, train=replace(cfg.train, overwrite=False, resume=""))
+    return {"folds": plan.count, "seed": plan.seed, "grouping": plan.grouping, "pool": list(dict.fromkeys(
+            row.split for row in plan.rows)), "config": config_to_yaml(neutral)}  # fmt: skip
+
+
+def _claim(out: Path, plan: Folds, cfg: Config, only: int | None) -> None:
+    """Start or continue the cross-validation folder `out` (main process): its settings and folds must match,
+    unless train.overwrite starts it afresh (then every fold trained from now on is trained anew)."""
+    settings = _settings(plan, cfg)
+    file = out / CV_FILE
+    earlier = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+    changed = [key for key in settings if earlier is not None and earlier.get(key) != settings[key]]
+    if changed and not cfg.train.overwrite:
+        raise ConfigError(
+            f"{out} holds a cross-validation made with other {', '.join(changed)}: continue it with its own "
+            "settings, start it afresh with --train.overwrite=true, or choose another --train.output_dir"
+        )
+    if changed and only is not None:
+        raise ConfigError(f"--fold {only} with --train.overwrite=true and other {', '.join(changed)} would leave the "
+                          "other folds trained the old way: start afresh without --fold")  # fmt: skip
+    if earlier is None and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty and holds no cross-validation: choose another --train.output_dir")
+    if cfg.train.overwrite:  # what was gathered from the earlier folds goes
+        for name in (FOLDS_FILE, OOF_FILE, CV_METRICS_FILE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / ENSEMBLE_DIR, ignore_errors=True)
+    plan.check_or_write(out)
+    file.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def _train_fold(cfg: Config, plan: Folds, fold: int, folder: Path) -> None:
+    """Train one fold in `folder`: continued from its latest checkpoint, else from the start."""
+    from spine_hf.train import fit, prepare
+
+    started = any((folder / CHECKPOINTS_DIR).glob(f"step_*/{STATE_FILE}"))
+    earlier = (folder / CONFIG_FILE).exists() or (folder / BEST_DIR).exists()
+    resume = "true" if started and not cfg.train.overwrite else ""
+    fold_cfg = replace(
+        cfg,
+        data=replace(cfg.data, test_split=""),  # the test split is never read
+        train=replace(cfg.train, output_dir=str(folder), resume=resume, overwrite=not resume and earlier),
+        hub=replace(cfg.hub, repo_id=""),  # folds are not published one by one
+    )
+    run = prepare(fold_cfg, plan.fold_rows(fold))
+    try:
+        fit(run)
+    finally:
+        for tracker in run.accelerator.trackers:  # the processes stay up for the next fold
+            tracker.finish()
+
+
+def write_held_out(folder: Path, plan: Folds, fold: int, dataset, batch_size: int) -> Path:
+    """The best model's probabilities for the fold's held-out images (what `Predictor` gives, in fp32), as
+    ``held_out_predictions.csv`` in `folder`, written whole or not at all."""
+    from spine_hf.inference import Predictor
+
+    positions = plan.held_out(fold)
+    predictor = Predictor(folder / BEST_DIR, batch_size=batch_size)
+    probabilities = np.zeros((len(positions), NUM_GRADES), dtype=np.float32)
+    for split in dict.fromkeys(plan.rows[i].split for i in positions):
+        chosen = [n for n, i in enumerate(positions) if plan.rows[i].split == split]
+        rows = dataset[split].select([plan.rows[positions[n]].index for n in chosen])
+        probabilities[chosen] = predictor.probabilities(decode_split(rows))
+    lines = [[*_row_cells(plan, i), *(f"{p:.6f}" for p in probs)] for i, probs in zip(positions, probabilities,
+                                                                                       strict=True)]  # fmt: skip
+    return _write_csv(folder / HELD_OUT_FILE, ["file", "patient", "fold", "grade", *PROBABILITY_COLUMNS], lines)
+
+
+def _row_cells(plan: Folds, position: int) -> list:
+    row = plan.rows[position]
+    return [row.name, row.patient, plan.fold[position], row.grade]
+
+
+def _write_csv(path: Path, header: list[str], lines: list[list]) -> Path:
+    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    with staging.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(lines)
+    os.replace(staging, path)
+    return path
+
+
+def read_oof(out: Path, plan: Folds) -> np.ndarray:
+    """Every pooled image's out-of-fold probabilities (N x 5, in pool order) from the folds' held-out files.
+
+    Raises:
+        ValueError: an image missing, predicted twice or by the wrong fold.
+    """
+    position = {row.name: i for i, row in enumerate(plan.rows)}
+    probabilities = np.full((len(plan.rows), NUM_GRADES), np.nan)
+    for fold in range(plan.count):
+        path = fold_folder(out, fold) / HELD_OUT_FILE
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            for line in csv.DictReader(handle):
+                i = position.get(line["file"])
+                if i is None or plan.fold[i] != fold or int(line["fold"]) != fold or not np.isnan(probabilities[i, 0]):
+                    raise ValueError(f"{path}: {line['file']} is not an image fold {fold} holds out once; train "
+                                     "that fold again with --fold {fold} --train.overwrite=true")  # fmt: skip
+                probabilities[i] = [float(line[column]) for column in PROBABILITY_COLUMNS]
+    lost = np.isnan(probabilities[:, 0])
+    if lost.any():
+        raise ValueError(f"{int(lost.sum())} images have no out-of-fold prediction, e.g. "
+                         f"{plan.rows[int(np.argmax(lost))].name}")  # fmt: skip
+    return probabilities
+
+
+def read_oof_file(out: Path) -> dict:
+    """A finished cross-validation's out-of-fold predictions, in pool order: each image's `split` and `row` in
+    the dataset, `fold`, `grade` (arrays) and `probabilities` (N x 5), from ``folds.csv`` and OOF_FILE.
+
+    Raises:
+        ValueError: the two files do not list the same images.
+    """
+    with (out / FOLDS_FILE).open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        folds = list(csv.DictReader(handle))
+    with (out / OOF_FILE).open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        oof = list(csv.DictReader(handle))
+    if [f"{row['split']}/{row['file']}" for row in folds] != [row["file"] for row in oof]:
+        raise ValueError(f"{out / FOLDS_FILE} and {out / OOF_FILE} list other images; run `spine-hf cv` there again")
+    return {
+        "split": [row["split"] for row in folds],
+        "row": [int(row["row"]) for row in folds],
+        "fold": np.array([int(row["fold"]) for row in oof]),
+        "grade": np.array([int(row["grade"]) for row in oof]),
+        "probabilities": np.array([[float(row[c]) for c in PROBABILITY_COLUMNS] for row in oof]),
+    }
+
+
+def gather(out: Path, plan: Folds, cfg: Config, bootstrap: int = 1000) -> dict:
+    """Write ``oof_predictions.csv``, ``cv_metrics.json`` and ``ensemble/`` from the finished folds."""
+    from spine_hf.evaluation import bootstrap_intervals, expected_calibration_error, severe_cut_auc
+    from spine_hf.metrics import compute_grading_metrics
+
+    probabilities = read_oof(out, plan)
+    grades = np.array([row.grade for row in plan.rows])
+    patients = np.array([row.patient for row in plan.rows])
+    fold_of = np.asarray(plan.fold)
+    predicted = probabilities.argmax(axis=1)
+    lines = [[*_row_cells(plan, i), int(predicted[i]), *(f"{p:.6f}" for p in probabilities[i])]
+             for i in range(len(plan.rows))]  # fmt: skip
+    _write_csv(out / OOF_FILE, ["file", "patient", "fold", "grade", "predicted_grade", *PROBABILITY_COLUMNS], lines)
+    point = compute_grading_metrics(predicted, grades)
+    intervals = bootstrap_intervals(probabilities, grades, bootstrap, seed=0, groups=patients)
+    per_fold = {name: [] for name in SCALARS}
+    for fold in range(plan.count):
+        mine = fold_of == fold
+        scores = compute_grading_metrics(predicted[mine], grades[mine])
+        for name in SCALARS:
+            per_fold[name].append(scores[name])
+    metrics = {
+        "folds": plan.count,
+        "seed": plan.seed,
+        "grouping": plan.grouping,
+        "count": len(grades),
+        "patients": len(set(patients.tolist())),
+        "bootstrap": {"rounds": bootstrap, "resampled": "patients, each with all of their images"},
+        "metrics": {name: {"value": point[name], "ci95": intervals[name]} for name in SCALARS},
+        "auc_grade_ge_2": {"value": severe_cut_auc(probabilities, grades), "ci95": intervals["auc_grade_ge_2"]},
+        "ece": expected_calibration_error(probabilities, grades)[0],
+        "confusion_matrix": point["confusion_matrix"],
+        "per_fold": per_fold,
+        "fold_spread": {name: _spread(values) for name, values in per_fold.items()},
+        "fold_images": plan.table(),
+        "fold_patients": plan.patients_per_fold(),
+        "warnings": plan.warnings,
+    }
+    single = int(np.argmax(per_fold["qwk"]))
+    metrics["ensemble"] = {"folder": ENSEMBLE_DIR, "members": plan.count, "single_network": f"fold_{single}",
+                           "single_network_chosen_by": "the highest held-out QWK of the folds"}  # fmt: skip
+    (out / CV_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    save_fold_ensemble(out, plan, cfg, metrics, single)
+    return metrics
+
+
+def _spread(values: list[float]) -> dict:
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if len(array) > 1 else math.nan
+    return {"mean": float(array.mean()), "std": std, "min": float(array.min()), "max": float(array.max())}
+
+
+def save_fold_ensemble(out: Path, plan: Folds, cfg: Config, metrics: dict, single: int) -> Path:
+    """``out/ensemble``: every fold's best model as one folder, fold `single`'s network its own."""
+    from spine_hf.model import resolve_library
+    from spine_hf.model_card import ensemble_card
+    from spine_hf.model_folder import save_ensemble
+
+    members = {f"fold_{fold}": fold_folder(out, fold) / BEST_DIR for fold in range(plan.count)}
+    card = ensemble_card(cfg, metrics, resolve_library(cfg.model), f"fold_{single}")
+    info = {"combine": "mean of the members' probabilities", "single_network": f"fold_{single}",
+            "single_network_chosen_by": metrics["ensemble"]["single_network_chosen_by"],
+            "out_of_fold": {name: metrics["metrics"][name] for name in SCALARS}}  # fmt: skip
+    return save_ensemble(members, f"fold_{single}", out / ENSEMBLE_DIR, card, info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`spine-hf cv` / `accelerate launch -m spine_hf.cross_validation`."""
+    from spine_hf import setup_logging
+
+    parser = argparse.ArgumentParser(prog="spine-hf cv", add_help=False, allow_abbrev=False)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--fold", type=int)
+    parser.add_argument("--group-regex")
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(rest):
+        print("spine-hf cv --config_path FILE [--folds 5] [--seed 42] [--fold K] [--group-regex RE] "
+              "[--section.key=value ...]\n  --folds: how many folds; --seed: which patients go to which fold "
+              "(training randomness is --train.seed); --fold K: train fold K (0-based) alone; --group-regex: "
+              "patient id from the file name, for datasets without a patient column. The training "
+              "configuration follows:\n")  # fmt: skip
+    setup_logging()
+    try:
+        result = cross_validate(parse_config(rest), folds=args.folds, seed=args.seed, only=args.fold,
+                                group_regex=args.group_regex)  # fmt: skip
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
+    for warning in result.folds.warnings:
+        print(f"WARNING {warning}")
+    if result.missing:
+        print(f"folds done: {result.folds.count - len(result.missing)} of {result.folds.count}; still to train: "
+              f"{', '.join(map(str, result.missing))} (run cv again, or --fold K for each)")  # fmt: skip
+        return 0
+    metrics = result.metrics
+    print(f"out-of-fold over {metrics['count']} images of {metrics['patients']} patients, {metrics['folds']} folds "
+          f"(95% intervals by patient):")  # fmt: skip
+    for name in SCALARS:
+        entry, spread = metrics["metrics"][name], metrics["fold_spread"][name]
+        print(f"  {name:18s} {entry['value']:.4f}  [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]   folds "
+              f"{spread['min']:.4f}..{spread['max']:.4f} (sd {spread['std']:.4f})")  # fmt: skip
+    print(f"wrote {OOF_FILE}, {CV_METRICS_FILE} and the fold ensemble {result.out / ENSEMBLE_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
