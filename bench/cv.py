@@ -1,0 +1,204 @@
+"""`python -m bench cv`: what cross-validation tells that one split does not, and what it costs.
+
+On a split tree with patient ids in the file names (the knee radiographs: ``^(\\d+)``), some patients
+(`--hold-out`, stratified by grade) are held back from both splits as a test split that nothing
+trains or chooses on. Then, each with the recipe (``configs/knee-cpu.yaml``) and `--budget-minutes`
+of training per run or fold:
+
+* one run trains on ``train`` and picks its best epoch on ``validation`` (the usual single split);
+* `spine-hf cv` pools ``train`` + ``validation`` into `--folds` patient-grouped folds.
+
+and it reports, all in this process:
+
+* the single split's validation QWK with its 95 % interval (resampling patients) against the
+  out-of-fold QWK over every pooled image with its interval;
+* on the held-back patients: the fold ensemble, each member, the member that is the ensemble's own
+  network, and the single run (QWK with intervals, the ensemble's paired gain over its own network);
+* grade ranges for 90 % on the held-back patients: the ensemble calibrated on its out-of-fold
+  predictions, over all grades and per grade, against the single run calibrated on validation;
+* the whole `cv`'s wall time against `--folds` single runs.
+
+`--reuse-runs` measures again from the runs an earlier call left in the work folder, training nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.data import recipe_config
+from bench.report import Report
+
+HOLD_OUT = 0.15
+COVERAGE = 0.9
+
+
+def bench_cv(args, report: Report, work: Path, tree: Path) -> None:
+    from spine_hf.cross_validation import CV_METRICS_FILE, cross_validate
+
+    print("\n== cv: out-of-fold estimates, the fold ensemble, what it costs ==", flush=True)
+    work = work / "cv"
+    # Phantoms carry their patients in patients.csv; real data (--data) in the file names.
+    dataset = held_back_dataset(tree, work, args.group_regex if args.data else None, args.hold_out)
+    budget = [f"--train.time_budget_minutes={args.budget_minutes}"]
+
+    single_dir, cv_dir = work / "single", work / "cv"
+    if not args.reuse_runs:
+        from spine_hf.train import train
+
+        start = time.perf_counter()
+        train(recipe_config(args, dataset, single_dir, *budget))
+        single_seconds = time.perf_counter() - start
+        report.say(f"single run (train -> validation): {single_seconds:.0f} s")
+        start = time.perf_counter()
+        cross_validate(recipe_config(args, dataset, cv_dir, *budget), folds=args.folds, seed=0)
+        cv_seconds = time.perf_counter() - start
+        fold_seconds = [sum(r["seconds"] for r in json.loads((cv_dir / f"fold_{k}" / "metrics.json").read_text()))
+                        for k in range(args.folds)]  # fmt: skip
+        report.number("cv.seconds", {"single_run": single_seconds, "cv": cv_seconds, "fold_epochs": fold_seconds})
+        report.ratio("cv.time_vs_single_runs", cv_seconds / (args.folds * single_seconds), 1.05, "lower",
+                     f"whole `cv` wall time / {args.folds} x one single run's (same budget per run)")  # fmt: skip
+    metrics = json.loads((cv_dir / CV_METRICS_FILE).read_text())
+    compare(report, dataset, single_dir / "best", cv_dir, metrics, work, args)
+
+
+def held_back_dataset(tree: Path, work: Path, group_regex: str, hold_out: float) -> Path:
+    """The tree converted with patient ids, `hold_out` of its patients (stratified by grade) moved from
+    train and validation into a test split (built once per work folder)."""
+    import datasets
+
+    from spine_hf.convert import convert_to_dataset
+    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.split import assign_parts
+
+    out = work / "dataset"
+    if (out / "dataset_dict.json").is_file():
+        return out
+    full = work / "converted"
+    if not (full / "dataset_dict.json").is_file():
+        convert_to_dataset(tree, full, overwrite=True, group_regex=group_regex)
+    converted = load_grade_dataset(full)
+    groups: dict[str, list[int]] = {}
+    for split in ("train", "validation"):
+        for patient, label in zip(converted[split]["patient"], converted[split]["label"], strict=True):
+            groups.setdefault(patient, []).append(int(label))
+    part = assign_parts(groups, [1 - hold_out, hold_out], seed=0)
+    kept = {}
+    held = []
+    for split in ("train", "validation"):
+        rows = converted[split]
+        back = [i for i, p in enumerate(rows["patient"]) if part[p] == 1]
+        kept[split] = rows.select([i for i in range(len(rows)) if part[rows["patient"][i]] == 0])
+        held.append(rows.select(back))
+    built = datasets.DatasetDict({**kept, "test": datasets.concatenate_datasets(held)})
+    built.save_to_disk(str(out))
+    return out
+
+
+def _scores(probabilities: np.ndarray, labels: np.ndarray, patients: np.ndarray) -> dict:
+    """QWK, accuracy, MAE with 95 % intervals resampling patients."""
+    from spine_hf.evaluation import bootstrap_intervals
+    from spine_hf.metrics import compute_grading_metrics
+
+    point = compute_grading_metrics(probabilities.argmax(1), labels)
+    intervals = bootstrap_intervals(probabilities, labels, 1000, seed=0, groups=patients)
+    return {name: {"value": point[name], "ci95": intervals[name]} for name in ("qwk", "accuracy", "mae")}
+
+
+def _paired_gain(a: np.ndarray, b: np.ndarray, labels: np.ndarray, patients: np.ndarray) -> dict:
+    """QWK(a) - QWK(b) on the same images, with a 95 % interval resampling patients."""
+    from spine_hf.metrics import compute_grading_metrics
+
+    def qwk(p, index):
+        return compute_grading_metrics(p[index].argmax(1), labels[index])["qwk"]
+
+    everything = np.arange(len(labels))
+    _, inverse = np.unique(patients, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    rng = np.random.default_rng(0)
+    gains = []
+    for _ in range(1000):
+        index = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        gains.append(qwk(a, index) - qwk(b, index))
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return {"value": qwk(a, everything) - qwk(b, everything), "ci95": [float(low), float(high)]}
+
+
+def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: dict, work: Path, args) -> None:
+    """Everything measured from the finished single run and cross-validation (no training)."""
+    from spine_hf.calibration import calibrate_model
+    from spine_hf.conformal import coverage_report
+    from spine_hf.cross_validation import ENSEMBLE_DIR
+    from spine_hf.dataset_folder import decode_split, load_grade_dataset
+    from spine_hf.inference import Predictor
+
+    data = load_grade_dataset(dataset)
+    val, test = data["validation"], data["test"]
+    val_labels, test_labels = np.asarray(val["label"]), np.asarray(test["label"])
+    val_patients, test_patients = np.asarray(val["patient"]), np.asarray(test["patient"])
+    val_images, test_images = decode_split(val), decode_split(test)
+
+    single_val = _scores(Predictor(single, batch_size=64).probabilities(val_images), val_labels, val_patients)
+    oof = metrics["metrics"]["qwk"]
+    widths = {"single_validation": np.diff(single_val["qwk"]["ci95"])[0], "out_of_fold": np.diff(oof["ci95"])[0]}
+    report.say(f"single split: validation QWK {_show(single_val['qwk'])} ({len(val_labels)} images); "
+               f"out of fold: {_show(oof)} ({metrics['count']} images), folds "
+               f"{', '.join(f'{v:.3f}' for v in metrics['per_fold']['qwk'])}")  # fmt: skip
+    report.number("cv.validation_vs_out_of_fold", {"single_validation": single_val, "widths": widths,
+                  "out_of_fold": metrics["metrics"], "per_fold_qwk": metrics["per_fold"]["qwk"]})  # fmt: skip
+    report.ratio("cv.interval_width_ratio", widths["out_of_fold"] / widths["single_validation"], 0.6, "lower",
+                 "width of the out-of-fold QWK's 95 % interval / the single validation split's")  # fmt: skip
+
+    info = json.loads((cv_dir / ENSEMBLE_DIR / "ensemble.json").read_text())
+    own = info["single_network"]
+    on_test = {"ensemble": Predictor(cv_dir / ENSEMBLE_DIR, batch_size=64).probabilities(test_images),
+               "single_run": Predictor(single, batch_size=64).probabilities(test_images)}  # fmt: skip
+    for k in range(args.folds):
+        on_test[f"fold_{k}"] = Predictor(cv_dir / f"fold_{k}" / "best", batch_size=64).probabilities(test_images)
+    scored = {name: _scores(p, test_labels, test_patients) for name, p in on_test.items()}
+    gain = _paired_gain(on_test["ensemble"], on_test[own], test_labels, test_patients)
+    best_member = max(range(args.folds), key=lambda k: scored[f"fold_{k}"]["qwk"]["value"])
+    listed = ", ".join(f"{name} {s['qwk']['value']:.3f}" for name, s in scored.items())
+    report.say(f"held-back patients ({len(test_labels)} images): QWK {listed}; the ensemble's own network is {own}")
+    report.say(f"ensemble - its own network ({own}): QWK {gain['value']:+.3f} [{gain['ci95'][0]:+.3f}, "
+               f"{gain['ci95'][1]:+.3f}]")  # fmt: skip
+    report.number("cv.held_back", {"scores": scored, "own_network": own, "gain_over_own_network": gain,
+                                   "best_member_on_test": f"fold_{best_member}"})  # fmt: skip
+    report.ratio("cv.ensemble_qwk_gain_over_own_network", gain["value"], 0.0, "higher",
+                 f"held-back QWK of the ensemble - of its own network ({own}, the best held-out fold)")  # fmt: skip
+    report.ratio("cv.ensemble_qwk_gain_over_best_member", scored["ensemble"]["qwk"]["value"]
+                 - scored[f"fold_{best_member}"]["qwk"]["value"], 0.0, "higher",
+                 "held-back QWK of the ensemble - of the member best on the held-back patients")  # fmt: skip
+
+    ranges = {}
+    for name, model, kwargs in (
+        ("single_on_validation", single, {}),
+        ("ensemble_oof_marginal", cv_dir / ENSEMBLE_DIR, {}),
+        ("ensemble_oof_per_grade", cv_dir / ENSEMBLE_DIR, {"per_grade": True}),
+    ):
+        out = work / "calibrated" / name
+        fitted = calibrate_model(model, dataset, out, coverage=COVERAGE, overwrite=True, **kwargs)
+        predictor = Predictor(out, batch_size=64)
+        probabilities = predictor.probabilities(test_images)
+        found = coverage_report(predictor.grade_ranges.ranges(probabilities), test_labels)
+        from spine_hf.evaluation import expected_calibration_error
+
+        found["ece"] = expected_calibration_error(probabilities, test_labels)[0]
+        found["temperature"] = fitted["temperature"]
+        ranges[name] = found
+        covered = ", ".join("-" if c is None else f"{c:.2f}" for c in found["per_grade_coverage"])
+        wide = ", ".join("-" if w is None else f"{w:.2f}" for w in found["per_grade_mean_width"])
+        report.say(f"{name:24s} coverage {found['coverage']:.3f}, per grade {covered}; width "
+                   f"{found['mean_width']:.2f}, per grade {wide}; ECE {found['ece']:.3f}")  # fmt: skip
+    report.number("cv.grade_ranges_on_held_back", ranges)
+    for name in ranges:
+        gap = max(abs(c - COVERAGE) for c in ranges[name]["per_grade_coverage"] if c is not None)
+        report.ratio(f"cv.per_grade_coverage_gap.{name}", gap, 0.03, "lower",
+                     f"largest |coverage - {COVERAGE:.0%}| over the true grades on the held-back patients")  # fmt: skip
+
+
+def _show(entry: dict) -> str:
+    return f"{entry['value']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
