@@ -10,10 +10,12 @@ per row, so no label is inferred from folder names, sorted as a string or droppe
 DICOM files leave nothing of their header behind: the pixels are re-encoded as PNG and the row is
 named after a hash of the pixels, never after the file (whose name may hold a UID or a name).
 
-Each row carries its patient id in the `patient` column, from ``ROOT/patients.csv`` (what `split`
-writes) or a regular expression on the file name (`group_regex`, as `split --group-regex`), so that
-cross-validation keeps a patient's images in one fold; "" where neither gives one. The id is what the
-user's CSV or file names say; nothing is read from a DICOM header.
+Each row carries its patient in the `patient` column, so that cross-validation keeps a patient's
+images in one fold: the id comes from ``ROOT/patients.csv`` (what `split` writes) or a regular
+expression on the file name (`group_regex`, as `split --group-regex`; nothing is read from a DICOM
+header), and the column holds a pseudonym of it, the same for every image of the patient in this
+dataset (a hash salted anew for each conversion), never the id itself: a dataset pushed to the Hub
+carries no patient ids. "" where no id is known.
 """
 
 from __future__ import annotations
@@ -166,6 +168,8 @@ def _patients(images: list[ImageEntry], root: Path, group_regex: str | None, rep
         found = [known.get(entry.rel, "") for entry in images]
         report.grouping = str(root / PATIENTS_FILE) if known else ""
     report.with_patient = sum(bool(patient) for patient in found)
+    salt = os.urandom(16)
+    found = [_pseudonym(patient, salt) if patient else "" for patient in found]
     if report.with_patient < len(images):
         where = "no --group-regex and no patients.csv" if not report.grouping else f"not in {report.grouping}"
         report.problems.append(Problem(
@@ -174,6 +178,11 @@ def _patients(images: list[ImageEntry], root: Path, group_regex: str | None, rep
             "each as its own patient, so images of one patient may land in two folds",
         ))  # fmt: skip
     return found
+
+
+def _pseudonym(patient: str, salt: bytes) -> str:
+    """The same short name for the same id within one conversion; the id cannot be read back from it."""
+    return "patient-" + hashlib.sha256(salt + patient.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
 
 
 def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:

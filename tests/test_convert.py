@@ -41,8 +41,9 @@ def test_dicom_is_decoded_and_leaves_no_identifier_behind(tmp_path):
             # The file name itself carries the patient id, as exports often do.
             write_dicom(root / split / f"grade_{grade}" / f"{PATIENT_ID}_{grade}.dcm", pixels, BitsStored=12)
             write_png(root / split / f"grade_{grade}" / f"plain_{grade}.png", seed=grade + 10 * len(split))
-    report = convert_to_dataset(root, tmp_path / "ds")
-    assert report.dicom == 10 and report.kept == 10
+    # The patient id in the file names groups the images, as a pseudonym: the id itself never goes in.
+    report = convert_to_dataset(root, tmp_path / "ds", group_regex=r"^([^_]+)_")
+    assert report.dicom == 10 and report.kept == 10 and report.with_patient == 20
     secrets = [PATIENT_NAME, PATIENT_ID, "Doe", "St Example Hospital", "19580214"]
     for path in (tmp_path / "ds").rglob("*"):
         if path.is_file():
@@ -53,6 +54,11 @@ def test_dicom_is_decoded_and_leaves_no_identifier_behind(tmp_path):
     files = list(dataset["train"]["file"]) + list(dataset["validation"]["file"])
     assert not [f for f in files if PATIENT_ID in f]
     assert sum(f.split("/")[-1].startswith("dicom-") for f in files) == 10
+    patients = list(dataset["train"]["patient"]) + list(dataset["validation"]["patient"])
+    dicom_patients = {p for f, p in zip(files, patients, strict=True) if f.split("/")[-1].startswith("dicom-")}
+    assert len(dicom_patients) == 1 and PATIENT_ID not in next(iter(dicom_patients))
+    plain = {p for f, p in zip(files, patients, strict=True) if "plain" in f}
+    assert len(plain) == 1 and plain != dicom_patients and "plain" not in plain.pop()
     row = next(r for r in dataset["train"] if r["file"].split("/")[-1].startswith("dicom-"))
     assert row["image"].mode == "L" and np.asarray(row["image"]).max() > 200
 
@@ -119,3 +125,36 @@ def test_push_to_hub_is_private_by_default(tmp_path, phantom_split, monkeypatch)
     repo, kwargs, pushed = calls[0]
     assert repo == "me/spine" and kwargs == {"private": True}
     assert pushed["train"].features["label"].names == list(GRADE_NAMES)
+
+
+def test_patient_ids_come_from_patients_csv_or_a_regex_as_pseudonyms(tmp_path, phantom_split):
+    from spine_hf.layout import read_patients
+
+    report = convert_to_dataset(phantom_split, tmp_path / "ds")
+    assert report.with_patient == report.images == 30 and report.grouping.endswith("patients.csv")
+    dataset = load_grade_dataset(tmp_path / "ds")
+    folder = {"train": "train", "validation": "val", "test": "test"}
+    known = read_patients(phantom_split)
+    same = {}
+    for split, part in dataset.items():
+        for row in part:
+            patient = known[f"{folder[split]}/{row['file']}"]
+            assert row["patient"].startswith("patient-") and patient not in row["patient"]
+            assert same.setdefault(patient, row["patient"]) == row["patient"]  # one pseudonym per patient
+    assert len(set(same.values())) == len(same)  # and one patient per pseudonym
+    again = convert_to_dataset(phantom_split, tmp_path / "ds2", group_regex=r"^(ph\d+)_")
+    assert again.with_patient == 30 and again.grouping == "--group-regex '^(ph\\d+)_'"
+    regrouped = load_grade_dataset(tmp_path / "ds2")["train"]
+    assert len(set(regrouped["patient"])) == len({known[f"train/{f}"] for f in regrouped["file"]})
+    with pytest.raises(ValueError, match="does not match"):
+        convert_to_dataset(phantom_split, tmp_path / "ds3", group_regex=r"^(xx\d+)_")
+
+
+def test_without_patient_ids_the_column_is_empty_and_a_warning_says_how_to_give_them(tmp_path):
+    root = tmp_path / "tree"
+    for grade in range(5):
+        write_png(root / "train" / f"grade_{grade}" / f"img{grade}.png", seed=grade)
+    report = convert_to_dataset(root, tmp_path / "ds")
+    assert report.with_patient == 0 and set(load_grade_dataset(tmp_path / "ds")["train"]["patient"]) == {""}
+    warning = next(p for p in report.problems if p.code == "no_patient_id")
+    assert "--group-regex" in warning.message and warning.severity == "warning"
