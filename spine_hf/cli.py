@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help=r"patient id from the file name, e.g. '^(\d+)' (default: DIR/patients.csv)")  # fmt: skip
     convert.set_defaults(handler=_convert)
 
+    audit = data_commands.add_parser(
+        "audit", help="rank the images whose grade the out-of-fold predictions of `cv` contradict; changes nothing"
+    )
+    audit.add_argument("cv", help="a `spine-hf cv` folder whose folds are all done")
+    audit.add_argument("--data", help="the converted dataset of the images (default: the one the cv used)")
+    audit.add_argument("--out", help="folder for audit.csv and audit.html (default: CV/audit)")
+    audit.add_argument("--show", type=int, default=100, help="images on the contact sheet (default 100)")
+    audit.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    audit.set_defaults(handler=_audit)
+
     phantoms = data_commands.add_parser("phantoms", help="synthetic lumbar-spine radiographs of every grade")
     phantoms.add_argument("out")
     phantoms.add_argument("--per-grade", type=int, default=40)
@@ -140,9 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 0.02)")  # fmt: skip
     calibrate.add_argument("--describe-split", default="train",
                            help="split whose image features describe the training data (default train)")  # fmt: skip
-    calibrate.add_argument("--per-grade", action="store_true",
-                           help="grade ranges whose coverage holds for each true grade (needs about 10 images of "
-                           "every grade at 90%%; suits out-of-fold calibration)")  # fmt: skip
+    ranges = calibrate.add_mutually_exclusive_group()
+    ranges.add_argument("--per-grade", dest="per_grade", action="store_true", default=None,
+                        help="grade ranges whose coverage holds for each true grade (needs 9 images of every "
+                        "grade at 90%%; the default for a fold ensemble, calibrated out of fold)")  # fmt: skip
+    ranges.add_argument("--marginal", dest="per_grade", action="store_false", default=None,
+                        help="one threshold for all grades: the coverage holds over all grades together (the "
+                        "default for a single split)")  # fmt: skip
     calibrate.add_argument("--cv", help="a fold ensemble's cross-validation folder, whose out-of-fold predictions it "
                            "is calibrated on (default: the folder holding the ensemble)")  # fmt: skip
     calibrate.add_argument("--out", required=True, help="folder for the calibrated copy of the model")
@@ -398,6 +412,17 @@ def _convert(args) -> int:
         print(
             f"pushed to https://huggingface.co/datasets/{args.push_to_hub} ({'public' if args.public else 'private'})"
         )
+    return EXIT_OK
+
+
+def _audit(args) -> int:
+    from spine_hf.audit import AUDIT_CSV, AUDIT_HTML, audit_labels
+
+    report = audit_labels(args.cv, args.out, data=args.data, show=args.show, overwrite=args.overwrite)
+    print(f"{report.count} images ranked by how much their out-of-fold prediction contradicts their grade; "
+          f"{report.flagged} flagged as likely mislabelled by confident learning (cleanlab)")  # fmt: skip
+    print(f"wrote {report.out / AUDIT_CSV} (all, ranked) and {report.out / AUDIT_HTML} (the first {report.shown}); "
+          "no label or file was changed")  # fmt: skip
     return EXIT_OK
 
 
