@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
-import os
 import shutil
 import sys
 from dataclasses import dataclass, replace
@@ -48,6 +48,7 @@ from spine_hf.config import Config, ConfigError, config_to_yaml, parse_config
 from spine_hf.dataset_folder import decode_split, load_grade_dataset
 from spine_hf.folds import FOLDS_FILE, Folds, make_folds
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
+from spine_hf.outputs import publish_file
 
 CV_FILE = "cv.json"
 OOF_FILE = "oof_predictions.csv"
@@ -86,6 +87,7 @@ def cross_validate(cfg: Config, folds: int = 5, seed: int = 42, only: int | None
         ValueError: too few patients for the folds, or data that does not fit.
     """
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     out = Path(cfg.train.output_dir)
     if cfg.train.resume:
@@ -100,7 +102,9 @@ def cross_validate(cfg: Config, folds: int = 5, seed: int = 42, only: int | None
     plan = make_folds(dataset, pool, folds, seed, group_regex)
     if only is not None and not 0 <= only < folds:
         raise ConfigError(f"--fold {only}: the folds are numbered 0 to {folds - 1}")
-    state = PartialState()  # the processes `accelerate launch` started (one without it)
+    # The processes `accelerate launch` started (one without it); on CPUs they are told apart as the
+    # Accelerator tells them (a bare PartialState ignores ACCELERATE_USE_CPU and would see one process).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if state.is_main_process:
         _claim(out, plan, cfg, only)
     state.wait_for_everyone()
@@ -154,7 +158,7 @@ def _claim(out: Path, plan: Folds, cfg: Config, only: int | None) -> None:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / ENSEMBLE_DIR, ignore_errors=True)
     plan.check_or_write(out)
-    file.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    _write_json(file, settings)
 
 
 def _train_fold(cfg: Config, plan: Folds, fold: int, folder: Path) -> None:
@@ -201,13 +205,17 @@ def _row_cells(plan: Folds, position: int) -> list:
 
 
 def _write_csv(path: Path, header: list[str], lines: list[list]) -> Path:
-    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with staging.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(lines)
-    os.replace(staging, path)
+    """The CSV at `path`, whole or not at all."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(lines)
+    publish_file(path, text.getvalue().encode("utf-8", errors="surrogateescape"))
     return path
+
+
+def _write_json(path: Path, data: dict) -> None:
+    publish_file(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def read_oof(out: Path, plan: Folds) -> np.ndarray:
@@ -297,7 +305,7 @@ def gather(out: Path, plan: Folds, cfg: Config, bootstrap: int = 1000) -> dict:
     single = int(np.argmax(per_fold["qwk"]))
     metrics["ensemble"] = {"folder": ENSEMBLE_DIR, "members": plan.count, "single_network": f"fold_{single}",
                            "single_network_chosen_by": "the highest held-out QWK of the folds"}  # fmt: skip
-    (out / CV_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    _write_json(out / CV_METRICS_FILE, metrics)
     save_fold_ensemble(out, plan, cfg, metrics, single)
     return metrics
 

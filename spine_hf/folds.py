@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spine_hf.grades import NUM_GRADES
+from spine_hf.outputs import publish_file
 from spine_hf.split import assign_parts, patient_ids
 
 FOLDS_FILE = "folds.csv"
@@ -119,9 +120,7 @@ class Folds:
                 )
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{FOLDS_FILE}.partial-{os.getpid()}")
-        staging.write_text(text, encoding="utf-8", errors="surrogateescape")
-        os.replace(staging, path)
+        publish_file(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def pool_rows(dataset, splits: tuple[str, ...], group_regex: str | None = None) -> tuple[list[PoolRow], str, int]:

@@ -197,9 +197,7 @@ class Predictor:
             with torch.inference_mode():
                 pixels = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                    outputs = [member(pixels).float() for member in self.members]
-                    if features and not captured:  # the folder's own network is not one of the members
-                        self.model(pixels)
+                    outputs = [member(pixels).float() for member in self.members]  # the own network among them
                 logits = outputs[0]
                 if len(outputs) > 1:
                     logits = torch.stack([output.softmax(dim=1) for output in outputs]).mean(dim=0).log()

@@ -184,8 +184,9 @@ def _members(path: Path) -> tuple[str, ...]:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{file} is not an ensemble file written by `spine-hf cv`: {err}") from err
     outside = [m for m in members if m != "." and (Path(m).is_absolute() or ".." in Path(m).parts)]
-    if not members or outside:
-        raise ValueError(f"{file}: members must be folders inside {path} (found {list(members)})")
+    if "." not in members or outside:
+        raise ValueError(f"{file}: members must be the folder's own network (\".\") and folders inside {path} "
+                         f"(found {list(members)})")  # fmt: skip
     return members
 
 

@@ -85,13 +85,12 @@ class Run:
         return self.state.epochs or self.cfg.train.epochs
 
 
-def train(cfg: Config, fold: FoldRows | None = None, after_epoch: Callable[[Run], None] | None = None) -> dict:
-    """Run the whole training; returns the best validation metrics (and test metrics when scored). With
-    `fold`, the training and validation images are that cross-validation fold's (`prepare`)."""
-    run = prepare(cfg, fold)
+def train(cfg: Config) -> dict:
+    """Run the whole training; returns the best validation metrics (and test metrics when scored)."""
+    run = prepare(cfg)
     try:
-        return fit(run, after_epoch)
-    finally:
+        return fit(run)
+    finally:  # trackers and the processes' group (cross-validation keeps them between folds: `fit` does not end)
         run.accelerator.end_training()
 
 

@@ -219,7 +219,8 @@ def test_calibrating_the_ensemble_fits_on_every_out_of_fold_image_and_scales_eve
     from spine_hf.model_folder import ModelFolder
 
     out = tmp_path / "calibrated"
-    report = calibrate_model(cv_run / ENSEMBLE_DIR, cv_dataset, out, coverage=0.8, referral_rate=0.2, per_grade=True)
+    # Per grade by default: the out-of-fold predictions hold enough images of every grade.
+    report = calibrate_model(cv_run / ENSEMBLE_DIR, cv_dataset, out, coverage=0.8, referral_rate=0.2)
     assert report["count"] == len(_oof(cv_run)) and report["split"].startswith("out-of-fold")
     assert report["grade_ranges"]["method"] == "per_grade" and len(report["grade_ranges"]["per_grade"]) == 5
     info = json.loads((cv_run / ENSEMBLE_DIR / "ensemble.json").read_text())
@@ -234,3 +235,34 @@ def test_calibrating_the_ensemble_fits_on_every_out_of_fold_image_and_scales_eve
     assert predictor.grade_ranges.method == "per_grade" and predictor.referral is not None
     prediction = predictor.predict(_images(cv_dataset)[:1])[0]
     assert prediction.grade_range is not None and prediction.in_distribution is not None
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_the_folds_and_gather_once(cv_dataset, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    out = tmp_path / "cv"
+    command = [*launcher, *_command(cv_dataset, out, "--train.epochs=2")[1:]]
+    done = subprocess.run(command, capture_output=True, text=True, env={**_env(), "ACCELERATE_USE_CPU": "1"},
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world size 2" in done.stdout and done.stdout.count("out-of-fold over") == 1
+    dataset = load_grade_dataset(cv_dataset)
+    assert len(_oof(out)) == len(dataset["train"]) + len(dataset["validation"])
+    assert Predictor(out / ENSEMBLE_DIR).members and len(Predictor(out / ENSEMBLE_DIR).members) == FOLDS
+
+
+def test_an_ensemble_file_must_list_the_folders_own_network(cv_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ensemble"
+    shutil.copytree(cv_run / ENSEMBLE_DIR, copy)
+    info = json.loads((copy / "ensemble.json").read_text())
+    info["members"] = [m for m in info["members"] if m != "."]
+    (copy / "ensemble.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="own network"):
+        Predictor(copy)
+    info["members"] = [".", "../elsewhere"]
+    (copy / "ensemble.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="inside"):
+        Predictor(copy)
