@@ -106,7 +106,7 @@ def test_rows_that_cannot_be_decoded_are_all_listed_and_no_cache_is_left(tmp_pat
 
     text = (REPO / "README.md").read_bytes()  # bytes that are not an image
     rows = {"image": [{"bytes": b"not an image", "path": "a.png"}, {"bytes": text, "path": "b.png"}],
-            "label": [0, 1], "file": ["a.png", "b.png"]}  # fmt: skip
+            "label": [0, 1], "file": ["a.png", "b.png"], "patient": ["", ""]}  # fmt: skip
     split = datasets.Dataset.from_dict(rows, features=dataset_features())
     with pytest.raises(ValueError, match=r"(?s)2 images .*row 0 \(a\.png\).*row 1 \(b\.png\)"):
         square_cache.open_squares(split, 16, tmp_path / "squares")
