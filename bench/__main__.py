@@ -5,12 +5,14 @@
     python -m bench levers  --data DIR [--levers progressive,lr] [--budget-minutes 8] [--precision fp32]
     python -m bench trust --data DIR --model-dir MODEL
     python -m bench cv    --data DIR [--folds 5] [--budget-minutes 11] [--hold-out 0.15] [--reuse-runs]
+    python -m bench audit --data DIR [--flip 0.05] [--folds 5] [--budget-minutes 6] [--reuse-runs]
 
 * train, predict, cold, convert: `bench.speed`; loader: `bench.loader`; quality and levers (what each
   of the recipe's levers does to time to quality, alone and together): `bench.quality`;
   large: `bench.large` (full-size radiographs, two training processes); trust: `bench.trust`
   (grade ranges' coverage and the referral, for a model trained on DIR); cv: `bench.cv`
-  (cross-validation against one split, the fold ensemble, its calibration, its cost); all: convert,
+  (cross-validation against one split, the fold ensemble, its calibration, its cost); audit:
+  `bench.cv` too (the label audit against labels moved on purpose); all: convert,
   train, predict and loader.
 
 Every arm runs in this process, on this machine, one after the other, so the ratios compare like with
@@ -26,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cv import bench_cv
+from bench.cv import bench_audit, bench_cv
 from bench.data import prepare_tree
 from bench.large import bench_large
 from bench.loader import bench_loader
@@ -37,14 +39,27 @@ from bench.trust import bench_trust
 
 COMMANDS = {"train": bench_train, "predict": bench_predict, "cold": bench_cold, "convert": bench_convert,
             "quality": bench_quality, "levers": bench_levers, "loader": bench_loader, "large": bench_large,
-            "trust": bench_trust, "cv": bench_cv}  # fmt: skip
+            "trust": bench_trust, "cv": bench_cv, "audit": bench_audit}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "what",
-        choices=["train", "predict", "cold", "convert", "loader", "quality", "levers", "large", "trust", "cv", "all"],
+        choices=[
+            "train",
+            "predict",
+            "cold",
+            "convert",
+            "loader",
+            "quality",
+            "levers",
+            "large",
+            "trust",
+            "cv",
+            "audit",
+            "all",
+        ],
         help="all = convert, train, predict, cold and loader (quality takes about 45 minutes on its own; "
         "large about 30 the first time, 10 once its data exist)",
     )
@@ -86,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of patients held back from train and validation as a test split (cv)")  # fmt: skip
     parser.add_argument("--group-regex", default=r"^(\d+)",
                         help="patient id from the file name (cv; default: the knee files' leading digits)")  # fmt: skip
+    parser.add_argument("--flip", type=float, default=0.05,
+                        help="audit: share of the pool's labels moved one grade (default 0.05)")  # fmt: skip
     parser.add_argument("--reuse-runs", action="store_true",
                         help="cv: measure the runs an earlier call left in --work again, training nothing")  # fmt: skip
     return parser
@@ -101,7 +118,7 @@ def run(args) -> Report:
     work.mkdir(parents=True, exist_ok=True)
     tree, described = prepare_tree(args, work)
     # quality, levers: the recipe's size; trust: the model folder's own
-    if args.image_size is None and args.what not in ("quality", "levers", "trust", "cv"):
+    if args.image_size is None and args.what not in ("quality", "levers", "trust", "cv", "audit"):
         args.image_size = 224
     report = Report({**machine_context(args), "data": described})
     print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}; "

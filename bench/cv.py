@@ -56,11 +56,17 @@ def bench_cv(args, report: Report, work: Path, tree: Path) -> None:
         start = time.perf_counter()
         cross_validate(recipe_config(args, dataset, cv_dir, *budget), folds=args.folds, seed=0)
         cv_seconds = time.perf_counter() - start
-        fold_seconds = [sum(r["seconds"] for r in json.loads((cv_dir / f"fold_{k}" / "metrics.json").read_text()))
-                        for k in range(args.folds)]  # fmt: skip
-        report.number("cv.seconds", {"single_run": single_seconds, "cv": cv_seconds, "fold_epochs": fold_seconds})
-        report.ratio("cv.time_vs_single_runs", cv_seconds / (args.folds * single_seconds), 1.05, "lower",
-                     f"whole `cv` wall time / {args.folds} x one single run's (same budget per run)")  # fmt: skip
+        # A budget fixes each run's epochs from its first epoch's pace, so runs differ in epochs: K single runs
+        # are costed as the folds' own epochs plus K times what a single run spends outside its epochs.
+        epochs = {name: sum(r["seconds"] for r in json.loads((folder / "metrics.json").read_text()))
+                  for name, folder in [("single", single_dir)] + [(f"fold_{k}", cv_dir / f"fold_{k}")
+                                                                  for k in range(args.folds)]}  # fmt: skip
+        outside = single_seconds - epochs["single"]
+        like_runs = sum(v for k, v in epochs.items() if k != "single") + args.folds * outside
+        report.number("cv.seconds", {"single_run": single_seconds, "cv": cv_seconds, "epochs": epochs,
+                                     "single_run_outside_epochs": outside, "k_single_runs": like_runs})  # fmt: skip
+        report.ratio("cv.time_vs_single_runs", cv_seconds / like_runs, 1.05, "lower",
+                     f"whole `cv` wall time / {args.folds} single runs of the folds' epochs")  # fmt: skip
     metrics = json.loads((cv_dir / CV_METRICS_FILE).read_text())
     compare(report, dataset, single_dir / "best", cv_dir, metrics, work, args)
 
@@ -149,7 +155,9 @@ def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: 
                f"{', '.join(f'{v:.3f}' for v in metrics['per_fold']['qwk'])}")  # fmt: skip
     report.number("cv.validation_vs_out_of_fold", {"single_validation": single_val, "widths": widths,
                   "out_of_fold": metrics["metrics"], "per_fold_qwk": metrics["per_fold"]["qwk"]})  # fmt: skip
-    report.ratio("cv.interval_width_ratio", widths["out_of_fold"] / widths["single_validation"], 0.6, "lower",
+    widths = {name: float(value) for name, value in widths.items()}
+    width_ratio = widths["out_of_fold"] / widths["single_validation"] if widths["single_validation"] else None
+    report.ratio("cv.interval_width_ratio", width_ratio, 0.6, "lower",
                  "width of the out-of-fold QWK's 95 % interval / the single validation split's")  # fmt: skip
 
     info = json.loads((cv_dir / ENSEMBLE_DIR / "ensemble.json").read_text())
@@ -182,6 +190,10 @@ def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: 
         out = work / "calibrated" / name
         fitted = calibrate_model(model, dataset, out, coverage=COVERAGE, overwrite=True, **kwargs)
         predictor = Predictor(out, batch_size=64)
+        if predictor.grade_ranges is None:  # too few images of some grade: said, not measured
+            ranges[name] = {"not_fitted": fitted["grade_ranges"]["not_fitted"]}
+            report.say(f"{name:24s} not fitted: {ranges[name]['not_fitted']}")
+            continue
         probabilities = predictor.probabilities(test_images)
         found = coverage_report(predictor.grade_ranges.ranges(probabilities), test_labels)
         from spine_hf.evaluation import expected_calibration_error
@@ -194,11 +206,112 @@ def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: 
         report.say(f"{name:24s} coverage {found['coverage']:.3f}, per grade {covered}; width "
                    f"{found['mean_width']:.2f}, per grade {wide}; ECE {found['ece']:.3f}")  # fmt: skip
     report.number("cv.grade_ranges_on_held_back", ranges)
+    ranges = {**ranges, **cross_fitted_ranges(report, cv_dir)}
     for name in ranges:
-        gap = max(abs(c - COVERAGE) for c in ranges[name]["per_grade_coverage"] if c is not None)
+        seen = [c for c in ranges[name].get("per_grade_coverage", []) if c is not None]
+        gap = max(abs(c - COVERAGE) for c in seen) if seen else None
         report.ratio(f"cv.per_grade_coverage_gap.{name}", gap, 0.03, "lower",
                      f"largest |coverage - {COVERAGE:.0%}| over the true grades on the held-back patients")  # fmt: skip
 
 
+def cross_fitted_ranges(report: Report, cv_dir: Path) -> dict:
+    """Both kinds of grade ranges fitted on the out-of-fold predictions of all folds but one and measured on
+    that fold's, for each fold: the method itself on thousands of images, without the ensemble."""
+    from scipy.special import softmax
+
+    from spine_hf.calibration import fit_temperature
+    from spine_hf.conformal import coverage_report, fit_grade_ranges
+    from spine_hf.cross_validation import read_oof_file
+
+    oof = read_oof_file(cv_dir)
+    logits, grades, folds = np.log(np.clip(oof["probabilities"], 1e-6, None)), oof["grade"], oof["fold"]
+    found = {}
+    for per_grade in (False, True):
+        name = f"cross_fitted_oof_{'per_grade' if per_grade else 'marginal'}"
+        chosen = np.zeros((len(grades), 2), dtype=np.int64)
+        try:
+            for fold in np.unique(folds):
+                fit, held = folds != fold, folds == fold
+                probabilities = softmax(logits / fit_temperature(logits[fit], grades[fit]), axis=1)
+                ranges = fit_grade_ranges(probabilities[fit], grades[fit], COVERAGE, "folds", per_grade=per_grade)
+                chosen[held] = ranges.ranges(probabilities[held])
+        except ValueError as err:  # too few images of a grade in the other folds: said, not measured
+            found[name] = {"not_fitted": str(err)}
+            report.say(f"{name:24s} not fitted: {err}")
+            continue
+        found[name] = coverage_report(chosen, grades)
+        covered = ", ".join(f"{c:.2f}" for c in found[name]["per_grade_coverage"])
+        report.say(f"{name:24s} coverage {found[name]['coverage']:.3f}, per grade {covered}; width "
+                   f"{found[name]['mean_width']:.2f} (fitted on the other folds' out-of-fold predictions)")  # fmt: skip
+    report.number("cv.grade_ranges_cross_fitted", found)
+    return found
+
+
 def _show(entry: dict) -> str:
     return f"{entry['value']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+
+
+def bench_audit(args, report: Report, work: Path, tree: Path) -> None:
+    """The label audit's precision and recall at finding labels moved to a neighbouring grade."""
+    from spine_hf.audit import AUDIT_CSV, audit_labels
+    from spine_hf.cross_validation import cross_validate
+
+    print(f"\n== audit: {args.flip:.0%} of the pool's labels moved to a neighbouring grade, found again ==", flush=True)
+    work = work / "cv"
+    dataset = held_back_dataset(tree, work, args.group_regex if args.data else None, args.hold_out)
+    flipped_data, flipped = flipped_copy(dataset, work / "flipped" / "dataset", args.flip)
+    cv_dir = work / "flipped" / "cv"
+    start = time.perf_counter()
+    if not args.reuse_runs:
+        budget = f"--train.time_budget_minutes={args.budget_minutes}"
+        cross_validate(recipe_config(args, flipped_data, cv_dir, budget), folds=args.folds, seed=0)
+    seconds = time.perf_counter() - start
+    audited = audit_labels(cv_dir, work / "flipped" / "audit", show=100, overwrite=True)
+    import csv
+
+    with (audited.out / AUDIT_CSV).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    top = rows[: round(args.flip * len(rows))]
+    hits = sum(row["file"] in flipped for row in top)
+    marked = [row for row in rows if row["flagged"] == "True"]
+    marked_hits = sum(row["file"] in flipped for row in marked)
+    found = {"images": len(rows), "flipped": len(flipped), "top": len(top), "top_hits": hits,
+             "precision_top": hits / max(len(top), 1), "recall_top": hits / max(len(flipped), 1),
+             "flagged": len(marked), "flagged_hits": marked_hits,
+             "precision_flagged": marked_hits / max(len(marked), 1),
+             "recall_flagged": marked_hits / max(len(flipped), 1),
+             "cv_seconds": seconds}  # fmt: skip
+    report.say(f"{len(flipped)} of {len(rows)} labels moved; top {len(top)}: {hits} of them (precision "
+               f"{found['precision_top']:.2f}, recall {found['recall_top']:.2f}); cleanlab flags {len(marked)}: "
+               f"{marked_hits} of them")  # fmt: skip
+    report.number("audit", found)
+    report.ratio("audit.precision_top", found["precision_top"], 0.5, "higher",
+                 f"share of the audit's top {args.flip:.0%} that are moved labels")  # fmt: skip
+    report.ratio("audit.recall_top", found["recall_top"], 0.5, "higher",
+                 f"share of the moved labels in the audit's top {args.flip:.0%}")  # fmt: skip
+
+
+def flipped_copy(dataset: Path, out: Path, share: float) -> tuple[Path, set[str]]:
+    """A copy of `dataset` whose train and validation splits have `share` of their labels moved one grade
+    up or down (seeded; Healthy only up, Severe only down); also the moved images' ``split/file`` names."""
+    import datasets
+
+    from spine_hf.dataset_folder import load_grade_dataset
+
+    source = load_grade_dataset(dataset)
+    rng = np.random.default_rng(0)
+    pooled = [(split, i) for split in ("train", "validation") for i in range(len(source[split]))]
+    chosen = {pooled[i] for i in rng.choice(len(pooled), round(share * len(pooled)), replace=False)}
+    moved, parts = set(), {}
+    for split, rows in source.items():
+        labels = np.asarray(rows["label"])
+        if split != "test":
+            for i in (i for s, i in chosen if s == split):
+                step = 1 if labels[i] == 0 else -1 if labels[i] == 4 else int(rng.choice([-1, 1]))
+                labels[i] += step
+                moved.add(f"{split}/{rows['file'][i]}")
+        feature = rows.features["label"]
+        parts[split] = rows.remove_columns("label").add_column("label", labels.tolist()).cast_column("label", feature)
+    if not (out / "dataset_dict.json").is_file():
+        datasets.DatasetDict(parts).save_to_disk(str(out))
+    return out, moved
