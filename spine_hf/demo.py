@@ -205,8 +205,8 @@ def build_app(model: str | None = None, examples_dir: str | Path | None = None, 
                     label = gr.Label(num_top_classes=len(GRADE_NAMES), label="Probability of each grade")
                     gr.Markdown(
                         "With a model calibrated by `spine-hf calibrate`, the range holds the true grade for the "
-                        "stated share of radiographs like its validation images, and an image unlike its training "
-                        "radiographs is reported as such instead of graded."
+                        "stated share of radiographs like the images it was calibrated on, and an image unlike its "
+                        "training radiographs is reported as such instead of graded."
                     )
                     shown = gr.Image(label="Decoded image (Grad-CAM overlay: red = most influential)", type="pil",
                                      interactive=False, height=400)  # fmt: skip
