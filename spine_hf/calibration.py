@@ -25,10 +25,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from spine_hf.conformal import RANGES_FILE, coverage_report, fit_grade_ranges, fit_per_grade_thresholds
+from spine_hf.conformal import RANGES_FILE, coverage_report, fit_grade_ranges, too_few_per_grade
 from spine_hf.dataset_folder import decode_split, load_grade_dataset, load_grade_split
 from spine_hf.evaluation import expected_calibration_error
-from spine_hf.grades import NUM_GRADES
 from spine_hf.inference import Predictor
 from spine_hf.model_folder import ENSEMBLE_FILE, ModelFolder
 from spine_hf.outputs import check_new_output, staged_folder
@@ -108,7 +107,7 @@ def calibrate_model(
     }
     probabilities = softmax(logits / temperature, axis=1)
     if per_grade is None:
-        per_grade = bool(predictor.folder.members) and _enough_of_every_grade(labels, coverage)
+        per_grade = bool(predictor.folder.members) and not too_few_per_grade(labels, coverage)
     try:
         ranges = fit_grade_ranges(probabilities, labels, coverage, fitting["split"], per_grade=per_grade)
         width = coverage_report(ranges.ranges(probabilities), labels)["mean_width"]
@@ -137,14 +136,6 @@ def calibrate_model(
             referral.save(staging)
         (staging / CALIBRATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def _enough_of_every_grade(labels: np.ndarray, coverage: float) -> bool:
-    try:
-        fit_per_grade_thresholds(np.full((len(labels), NUM_GRADES), 1 / NUM_GRADES), labels, coverage)
-    except ValueError:
-        return False
-    return True
 
 
 def _split(predictor: Predictor, data, split: str, describe_split: str) -> dict:

@@ -126,6 +126,12 @@ def grade_range(
     return min(order[: last + 1]), max(order[: last + 1])
 
 
+def too_few_per_grade(labels: np.ndarray, coverage: float) -> list[tuple[int, int]]:
+    """(grade, its image count) for every grade with too few calibration images for its own threshold."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=NUM_GRADES)
+    return [(g, int(n)) for g, n in enumerate(counts) if conformal_rank(int(n), coverage) > n]
+
+
 def fit_per_grade_thresholds(probabilities: np.ndarray, labels: np.ndarray, coverage: float) -> tuple[float, ...]:
     """One threshold per grade for `coverage` of that grade's calibration images.
 
@@ -133,8 +139,7 @@ def fit_per_grade_thresholds(probabilities: np.ndarray, labels: np.ndarray, cove
         ValueError: a grade with too few calibration images for the coverage (all such grades named).
     """
     labels = np.asarray(labels)
-    short = [(g, int((labels == g).sum())) for g in range(NUM_GRADES)
-             if conformal_rank(int((labels == g).sum()), coverage) > (labels == g).sum()]  # fmt: skip
+    short = too_few_per_grade(labels, coverage)
     if short:
         listed = ", ".join(f"grade {g} has {n}" for g, n in short)
         raise ValueError(f"per-grade ranges for {coverage:.0%} coverage need at least {fewest_images(coverage)} "
