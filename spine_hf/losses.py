@@ -30,17 +30,39 @@ def class_weights(counts: Sequence[int]) -> torch.Tensor:
     return counts_t.sum() / (len(counts) * counts_t)
 
 
-def build_loss(cfg: OptimConfig, train_counts: Sequence[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The training loss for `cfg.loss`, optionally weighted by inverse grade frequency."""
-    weights = class_weights(train_counts) if cfg.class_weights else None
+def build_loss(
+    cfg: OptimConfig, train_counts: Sequence[int], teacher_weight: float = 0.0
+) -> Callable[..., torch.Tensor]:
+    """The training loss for `cfg.loss`, optionally weighted by inverse grade frequency.
 
-    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    The loss is called as ``loss(logits, labels)``, or ``loss(logits, labels, teacher)`` when a run learns
+    from a teacher's grade probabilities (N x 5; a fold ensemble's, `cross_validation`): then each image's
+    loss is ``(1 - teacher_weight)`` times its loss against its label plus ``teacher_weight`` times the
+    cross-entropy against the teacher's probabilities (knowledge distillation, Hinton et al. 2015, at
+    temperature 1), weighted by the label's grade as without a teacher."""
+    weights = class_weights(train_counts) if cfg.class_weights else None
+    if not 0.0 <= teacher_weight <= 1.0:
+        raise ValueError(f"teacher_weight must be in 0..1, not {teacher_weight}")
+
+    def per_label(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each image's loss against its label, unweighted."""
+        if cfg.loss == "ce":
+            return F.cross_entropy(logits, labels, reduction="none", label_smoothing=cfg.label_smoothing)
+        targets = soft_ordinal_targets(labels, cfg.ordinal_scale, logits.shape[1])
+        return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()
         w = weights.to(logits.device) if weights is not None else None
+        if teacher is not None:
+            from_teacher = -(teacher.float() * F.log_softmax(logits, dim=1)).sum(dim=1)
+            per_image = (1 - teacher_weight) * per_label(logits, labels) + teacher_weight * from_teacher
+            if w is None:
+                return per_image.mean()
+            return (per_image * w[labels]).sum() / w[labels].sum()
         if cfg.loss == "ce":
             return F.cross_entropy(logits, labels, weight=w, label_smoothing=cfg.label_smoothing)
-        targets = soft_ordinal_targets(labels, cfg.ordinal_scale, logits.shape[1])
-        per_image = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
+        per_image = per_label(logits, labels)
         if w is None:
             return per_image.mean()
         sample_w = w[labels]

@@ -137,12 +137,14 @@ def fit(run: Run, after_epoch: Callable[[Run], None] | None = None) -> dict:
     return _finish(run)
 
 
-def prepare(cfg: Config, fold: FoldRows | None = None) -> Run:
+def prepare(cfg: Config, fold: FoldRows | None = None, teacher=None, teacher_weight: float = 0.0) -> Run:
     """Build and `accelerator.prepare` everything, resume or claim the output folder; nothing trains yet.
 
     With `fold`, the model trains on the fold's training rows and is scored (the best epoch chosen) on
     its held-out rows, both drawn from the dataset's splits (`folds.FoldRows`), instead of
-    data.train_split and data.eval_split."""
+    data.train_split and data.eval_split. With `teacher` too (grade probabilities, one row per training
+    row of the fold), it learns from them as well as from the labels, `teacher_weight` to
+    ``1 - teacher_weight`` (`losses.build_loss`)."""
     started = time.monotonic()
     out = Path(cfg.train.output_dir)
     if cfg.train.tensorboard:
@@ -184,7 +186,7 @@ def prepare(cfg: Config, fold: FoldRows | None = None) -> Run:
             eval_set = GradeImages(dataset[cfg.data.eval_split], preprocessing, cfg.data, train=False)
             names = cfg.data.train_split, cfg.data.eval_split
         else:
-            train_set = pooled_images(dataset, fold.train, preprocessing, cfg.data, train=True)
+            train_set = pooled_images(dataset, fold.train, preprocessing, cfg.data, train=True, teacher=teacher)
             eval_set = pooled_images(dataset, fold.held_out, preprocessing, cfg.data, train=False)
             names = "training", f"held-out ({fold.name})"
     data_seconds, decoded = load_seconds + time.monotonic() - cache_start, train_set.decoded + eval_set.decoded
@@ -196,7 +198,9 @@ def prepare(cfg: Config, fold: FoldRows | None = None) -> Run:
     eval_loader = make_loader(eval_set, cfg.train.eval_batch_size, cfg.data, shuffle=False, seed=cfg.train.seed)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.optim, grade_counts(train_set.labels))
+    if teacher is not None and fold is None:
+        raise ValueError("a teacher's probabilities come with a fold's training rows")
+    loss_fn = build_loss(cfg.optim, grade_counts(train_set.labels), teacher_weight if teacher is not None else 0.0)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay, accelerator.device)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     # accelerate steps a prepared scheduler once per process for every optimizer step.
@@ -239,9 +243,10 @@ def train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
         batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
     losses, out_of_time = [], False
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{run.epochs}", disable=not accelerator.is_main_process)
-    for images, labels in bar:
+    for images, labels, *teacher in bar:  # a teacher's probabilities come third, when the run has one
         pixels = run.augment(images)
-        loss = training_step(accelerator, run.model, run.loss_fn, run.optimizer, run.scheduler, pixels, labels, cfg)
+        loss = training_step(accelerator, run.model, run.loss_fn, run.optimizer, run.scheduler, pixels, labels, cfg,
+                             *teacher)  # fmt: skip
         state.batches_in_epoch += 1
         losses.append(loss.item())
         if accelerator.sync_gradients:
@@ -289,7 +294,8 @@ def _finish(run: Run) -> dict:
     """Score the best model on the test split, write results.json, push when asked."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     accelerator.wait_for_everyone()
-    result = {"best_epoch": state.best_epoch, cfg.data.eval_split: state.best_record().get(cfg.data.eval_split)}
+    result = {"best_epoch": state.best_epoch, "epochs": run.epochs,  # the schedule's length (a budget may set it)
+              cfg.data.eval_split: state.best_record().get(cfg.data.eval_split)}  # fmt: skip
     if cfg.data.test_split:
         best = accelerator.unwrap_model(run.scored)
         load_weights(best, run.out / BEST_DIR)
@@ -305,12 +311,13 @@ def _finish(run: Run) -> dict:
     return result
 
 
-def training_step(accelerator, model, loss_fn, optimizer, scheduler, pixels, labels, cfg: Config) -> torch.Tensor:
+def training_step(accelerator, model, loss_fn, optimizer, scheduler, pixels, labels, cfg: Config,
+                  teacher: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """One optimizer step (or one accumulation micro-step): the step `bench train` times too."""
     if cfg.model.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
     with accelerator.accumulate(model):
-        loss = loss_fn(model(pixels), labels)
+        loss = loss_fn(model(pixels), labels) if teacher is None else loss_fn(model(pixels), labels, teacher)
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.optim.grad_clip:
             accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

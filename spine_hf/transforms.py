@@ -73,31 +73,44 @@ class PooledImages(Dataset):
     """Chosen rows of several splits as one dataset (a cross-validation fold's training or held-out rows):
     each split's `GradeImages`, so its squares come from the split's one decoded cache, shared by every fold."""
 
-    def __init__(self, parts: dict[str, GradeImages], rows: Sequence[tuple[str, int]]):
+    def __init__(self, parts: dict[str, GradeImages], rows: Sequence[tuple[str, int]], teacher=None):
         self.parts, self.rows = parts, list(rows)
         self.labels = [parts[split].labels[index] for split, index in self.rows]
         self.decoded = sum(part.decoded for part in parts.values())
+        # A teacher's grade probabilities for each row (N x 5), shipped with its image and grade; None without.
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = torch.as_tensor(np.asarray(teacher, dtype=np.float32))
+            if self.teacher.shape != (len(self.rows), NUM_GRADES):
+                raise ValueError(f"teacher probabilities: {tuple(self.teacher.shape)} for {len(self.rows)} images")
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple:
         split, row = self.rows[index]
-        return self.parts[split][row]
+        found = self.parts[split][row]
+        return found if self.teacher is None else (*found, self.teacher[index])
 
 
 def pooled_images(dataset, rows: Sequence[tuple[str, int]], preprocessing: Preprocessing, cfg: DataConfig,
-                  train: bool) -> PooledImages:  # fmt: skip
-    """`rows` ((split, row index) pairs) of a converted dataset, read from each split's decoded cache."""
+                  train: bool, teacher=None) -> PooledImages:  # fmt: skip
+    """`rows` ((split, row index) pairs) of a converted dataset, read from each split's decoded cache; with
+    `teacher` (N x 5 grade probabilities, one row per entry of `rows`), each item carries its row too."""
     if cfg.max_samples:
         raise ValueError("data.max_samples cuts splits short, which would break the folds' row numbers; leave it 0")
     splits = sorted({split for split, _ in rows})
-    return PooledImages({split: GradeImages(dataset[split], preprocessing, cfg, train) for split in splits}, rows)
+    parts = {split: GradeImages(dataset[split], preprocessing, cfg, train) for split in splits}
+    return PooledImages(parts, rows, teacher)
 
 
-def collate_squares(rows: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of uint8 squares (B x 1 x S x S) and their grades: what the loader ships to the device."""
-    return torch.stack([image for image, _ in rows]), torch.tensor([label for _, label in rows], dtype=torch.long)
+def collate_squares(rows: Sequence[tuple]) -> tuple[torch.Tensor, ...]:
+    """A batch of uint8 squares (B x 1 x S x S) and their grades, plus the teacher's probabilities (B x 5) when
+    the items carry them: what the loader ships to the device."""
+    batch = torch.stack([row[0] for row in rows]), torch.tensor([row[1] for row in rows], dtype=torch.long)
+    if len(rows[0]) > 2:
+        batch += (torch.stack([row[2] for row in rows]),)
+    return batch
 
 
 class BatchAugment:

@@ -29,3 +29,26 @@ def test_class_weights_are_inverse_frequency():
     weighted = build_loss(OptimConfig(loss="ordinal", class_weights=True), [100, 10, 10, 10, 10])
     logits = torch.zeros(2, 5)
     assert torch.isfinite(weighted(logits, torch.tensor([0, 3])))
+
+
+def test_a_teacher_pulls_the_loss_towards_its_probabilities_by_its_weight():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 2])
+    teacher = torch.softmax(torch.randn(6, 5), dim=1)
+    for cfg in (OptimConfig(loss="ce"), OptimConfig(loss="ordinal"), OptimConfig(loss="ordinal", class_weights=True)):
+        counts = [30, 10, 10, 5, 2]
+        plain = build_loss(cfg, counts)(logits, labels)
+        # Weight 0: the teacher changes nothing.
+        assert torch.isclose(build_loss(cfg, counts, 0.0)(logits, labels, teacher), plain, atol=1e-6)
+        # Weight 1: only the teacher counts; the label only picks each image's grade weight.
+        only = build_loss(cfg, counts, 1.0)(logits, labels, teacher)
+        per_image = -(teacher * torch.log_softmax(logits, dim=1)).sum(1)
+        w = class_weights(counts)[labels] if cfg.class_weights else torch.ones(6)
+        assert torch.isclose(only, (per_image * w).sum() / w.sum(), atol=1e-6)
+        half = build_loss(cfg, counts, 0.5)(logits, labels, teacher)
+        assert torch.isclose(half, (plain + only) / 2, atol=1e-5)
+    # A teacher that agrees with the model lowers the loss; one that contradicts it raises it.
+    cfg, confident = OptimConfig(loss="ce"), torch.tensor([[4.0, 0, 0, 0, 0]])
+    agree, disagree = torch.tensor([[0.9, 0.1, 0, 0, 0]]), torch.tensor([[0, 0, 0, 0.1, 0.9]])
+    loss = build_loss(cfg, [1] * 5, 0.5)
+    assert loss(confident, torch.tensor([0]), agree) < loss(confident, torch.tensor([0]), disagree)
