@@ -126,7 +126,9 @@ def calibrate_model(
     with staged_folder(out, overwrite) as staging:
         shutil.copytree(predictor.folder.path, staging, dirs_exist_ok=True)
         folder = ModelFolder.read(staging)
-        for member in folder.member_folders() or [folder]:
+        members = folder.member_folders()
+        # A distilled own network is outside the mean; pipeline() loads it, so it is scaled too.
+        for member in members + ([folder] if all(m is not folder for m in members) else []):
             for stale in (RANGES_FILE, REFERRAL_FILE, REFERRAL_TENSORS):  # fitted for the model before this one
                 Path(member.path, stale).unlink(missing_ok=True)
             member.scale_classifier(temperature)
@@ -176,8 +178,10 @@ def _out_of_fold(predictor: Predictor, data, cv_folder: Path) -> dict:
                          f"out-of-fold predictions, and {cv_folder} has no {OOF_FILE}: give the cross-validation "
                          "folder with --cv")  # fmt: skip
     oof = read_oof_file(cv_folder)
-    own = json.loads((predictor.folder.path / ENSEMBLE_FILE).read_text(encoding="utf-8"))["single_network"]
-    fold = int(own.removeprefix("fold_"))
+    info = json.loads((predictor.folder.path / ENSEMBLE_FILE).read_text(encoding="utf-8"))
+    own = info["single_network"]
+    # The fold the own network never saw (a distilled one trains on the same rows as the fold it learnt beside).
+    fold = int(info.get("single_network_fold", own.removeprefix("fold_")))
     dataset = load_grade_dataset(data)
     held = [i for i, f in enumerate(oof["fold"]) if f == fold]
     trained = [i for i, f in enumerate(oof["fold"]) if f != fold]
@@ -196,6 +200,6 @@ def _out_of_fold(predictor: Predictor, data, cv_folder: Path) -> dict:
     # Rounded probabilities of exactly 0 would be -inf logits; 1e-6 is below what the file resolves.
     logits = np.log(np.clip(oof["probabilities"], 1e-6, None))
     return {"logits": logits, "labels": oof["grade"], "features": features_of(held),
-            "split": f"out-of-fold ({cv_folder.name}, {len(logits)} images)", "held_out": f"{own} (held out)",
+            "split": f"out-of-fold ({cv_folder.name}, {len(logits)} images)", "held_out": f"fold_{fold} (held out)",
             "described": features_of(trained), "described_labels": oof["grade"][trained],
-            "described_split": f"folds other than {own}"}  # fmt: skip
+            "described_split": f"folds other than fold_{fold}"}  # fmt: skip

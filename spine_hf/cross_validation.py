@@ -55,6 +55,8 @@ OOF_FILE = "oof_predictions.csv"
 CV_METRICS_FILE = "cv_metrics.json"
 HELD_OUT_FILE = "held_out_predictions.csv"
 ENSEMBLE_DIR = "ensemble"
+DISTILLED_DIR = "distilled"
+DISTILL_FILE = "distill.json"
 PROBABILITY_COLUMNS = tuple(f"p_{name}" for name in GRADE_NAMES)
 # The metrics reported over all images and per fold.
 SCALARS = ("qwk", "accuracy", "balanced_accuracy", "macro_f1", "mae")
@@ -78,9 +80,11 @@ def fold_folder(out: Path, fold: int) -> Path:
 
 
 def cross_validate(cfg: Config, folds: int = 5, seed: int = 42, only: int | None = None,
-                   group_regex: str | None = None) -> CVResult:  # fmt: skip
+                   group_regex: str | None = None, distill: float | None = None) -> CVResult:  # fmt: skip
     """Train the folds of `cfg`'s training + validation splits that are not done yet (only fold `only` when
     given), then, when all are done, write the out-of-fold predictions, their metrics and the ensemble.
+    With `distill` (the teacher's weight in the loss, 0..1), also train a network distilled from the
+    out-of-fold probabilities (`distill_network`).
 
     Raises:
         ConfigError: settings cross-validation cannot use, or a folder holding another cross-validation.
@@ -102,6 +106,8 @@ def cross_validate(cfg: Config, folds: int = 5, seed: int = 42, only: int | None
     plan = make_folds(dataset, pool, folds, seed, group_regex)
     if only is not None and not 0 <= only < folds:
         raise ConfigError(f"--fold {only}: the folds are numbered 0 to {folds - 1}")
+    if distill is not None and not 0 < distill <= 1:
+        raise ConfigError(f"--distill {distill}: the teacher's weight in the loss must be in (0, 1]")
     # The processes `accelerate launch` started (one without it); on CPUs they are told apart as the
     # Accelerator tells them (a bare PartialState ignores ACCELERATE_USE_CPU and would see one process).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -125,13 +131,19 @@ def cross_validate(cfg: Config, folds: int = 5, seed: int = 42, only: int | None
         if state.is_main_process:
             result.metrics = gather(out, plan, cfg)
         state.wait_for_everyone()
+        earlier = out / DISTILLED_DIR / DISTILL_FILE
+        if distill is None and earlier.is_file():  # distilled before: keep it (finished, it trains nothing)
+            distill = float(json.loads(earlier.read_text(encoding="utf-8"))["teacher_weight"])
+        if distill is not None:
+            result.metrics = distill_network(cfg, out, plan, dataset, distill, state)
     state.destroy_process_group()
     return result
 
 
 def _settings(plan: Folds, cfg: Config) -> dict:
     """What a cross-validation folder was made with; a later run in it must use the same."""
-    neutral = replace(cfg, train=replace(cfg.train, overwrite=False, resume=""))
+    # Not where the folder is (it may be moved or copied) nor how this call treats it.
+    neutral = replace(cfg, train=replace(cfg.train, output_dir="", overwrite=False, resume=""))
     return {"folds": plan.count, "seed": plan.seed, "grouping": plan.grouping, "pool": list(dict.fromkeys(
             row.split for row in plan.rows)), "config": config_to_yaml(neutral)}  # fmt: skip
 
@@ -157,12 +169,14 @@ def _claim(out: Path, plan: Folds, cfg: Config, only: int | None) -> None:
         for name in (FOLDS_FILE, OOF_FILE, CV_METRICS_FILE):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / ENSEMBLE_DIR, ignore_errors=True)
+        shutil.rmtree(out / DISTILLED_DIR, ignore_errors=True)  # it learnt from the earlier folds
     plan.check_or_write(out)
     _write_json(file, settings)
 
 
-def _train_fold(cfg: Config, plan: Folds, fold: int, folder: Path) -> None:
-    """Train one fold in `folder`: continued from its latest checkpoint, else from the start."""
+def _train_fold(cfg: Config, plan: Folds, fold: int, folder: Path, teacher=None, teacher_weight: float = 0.0) -> None:
+    """Train one fold in `folder`: continued from its latest checkpoint, else from the start (with `teacher`,
+    probabilities for the fold's training rows, learning from them too: `train.prepare`)."""
     from spine_hf.train import fit, prepare
 
     started = any((folder / CHECKPOINTS_DIR).glob(f"step_*/{STATE_FILE}"))
@@ -174,7 +188,7 @@ def _train_fold(cfg: Config, plan: Folds, fold: int, folder: Path) -> None:
         train=replace(cfg.train, output_dir=str(folder), resume=resume, overwrite=not resume and earlier),
         hub=replace(cfg.hub, repo_id=""),  # folds are not published one by one
     )
-    run = prepare(fold_cfg, plan.fold_rows(fold))
+    run = prepare(fold_cfg, plan.fold_rows(fold), teacher, teacher_weight)
     try:
         fit(run)
     finally:
@@ -304,10 +318,81 @@ def gather(out: Path, plan: Folds, cfg: Config, bootstrap: int = 1000) -> dict:
     }
     single = int(np.argmax(per_fold["qwk"]))
     metrics["ensemble"] = {"folder": ENSEMBLE_DIR, "members": plan.count, "single_network": f"fold_{single}",
+                           "single_network_fold": single,
                            "single_network_chosen_by": "the highest held-out QWK of the folds"}  # fmt: skip
     _write_json(out / CV_METRICS_FILE, metrics)
-    save_fold_ensemble(out, plan, cfg, metrics, single)
+    save_fold_ensemble(out, plan, cfg, metrics)
     return metrics
+
+
+def distill_network(cfg: Config, out: Path, plan: Folds, dataset, weight: float, state) -> dict:
+    """Train ``distilled/`` (or continue it, or find it finished): one network that learns from the labels and,
+    with `weight`, from the out-of-fold probabilities, which for every training image come from the fold model
+    that did not see it (the members' probabilities on their own training images mostly repeat the labels).
+    It trains on the rows of the fold that is the ensemble's own network, for as many epochs as that fold's
+    schedule had, and picks its best epoch on the same held-out rows: the two differ only in the teacher.
+    It becomes the ensemble's own network, the one `pipeline()` and timm load, only if it grades those
+    held-out rows better (QWK); the ensemble's members and mean stay the folds'. Returns cv_metrics.json,
+    with a "distilled" entry. Every process calls this; the main one writes."""
+    metrics = json.loads((out / CV_METRICS_FILE).read_text(encoding="utf-8"))
+    fold = int(metrics["ensemble"]["single_network_fold"])
+    folder, teacher_of = out / DISTILLED_DIR, fold_folder(out, fold)
+    epochs = _scheduled_epochs(teacher_of, cfg)
+    settings = {"fold": fold, "teacher_weight": weight, "epochs": epochs,
+                "teacher": "out-of-fold probabilities of the fold's training rows"}  # fmt: skip
+    if state.is_main_process:
+        file = folder / DISTILL_FILE
+        earlier = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        if earlier is not None and earlier != settings:
+            raise ConfigError(f"{folder} was distilled with {earlier}, not {settings}: remove that folder to distil "
+                              "anew")  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(file, settings)
+    state.wait_for_everyone()
+    if cfg.train.overwrite or not (folder / HELD_OUT_FILE).is_file():
+        if cfg.train.overwrite or not (folder / RESULTS_FILE).is_file():
+            teacher = read_oof(out, plan)[np.asarray(plan.fold) != fold]
+            student = replace(cfg, train=replace(cfg.train, epochs=epochs, time_budget_minutes=0.0))
+            _train_fold(student, plan, fold, folder, teacher, weight)
+        if state.is_main_process:
+            write_held_out(folder, plan, fold, dataset, cfg.train.eval_batch_size)
+        state.wait_for_everyone()
+    if state.is_main_process:
+        from spine_hf.metrics import compute_grading_metrics
+
+        grades = np.array([plan.rows[i].grade for i in plan.held_out(fold)])
+        scores = {name: compute_grading_metrics(_held_out_probabilities(path).argmax(1), grades)["qwk"]
+                  for name, path in (("distilled", folder), (f"fold_{fold}", teacher_of))}  # fmt: skip
+        chosen = scores["distilled"] > scores[f"fold_{fold}"]
+        metrics["distilled"] = {**settings, "folder": DISTILLED_DIR, "held_out_qwk": scores, "own_network": chosen}
+        if chosen:
+            metrics["ensemble"]["single_network"] = DISTILLED_DIR
+            metrics["ensemble"]["single_network_chosen_by"] = (
+                f"distilled from the fold ensemble; it graded fold_{fold}'s held-out images better than fold_{fold} "
+                f"(QWK {scores['distilled']:.4f} against {scores[f'fold_{fold}']:.4f})")  # fmt: skip
+        _write_json(out / CV_METRICS_FILE, metrics)
+        save_fold_ensemble(out, plan, cfg, metrics)
+    state.wait_for_everyone()
+    return json.loads((out / CV_METRICS_FILE).read_text(encoding="utf-8"))
+
+
+def _scheduled_epochs(folder: Path, cfg: Config) -> int:
+    """The epochs a finished run's schedule had (a time budget chooses them): from its results, else from its
+    latest checkpoint, else train.epochs."""
+    results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+    if results.get("epochs"):
+        return int(results["epochs"])
+    states = sorted((folder / CHECKPOINTS_DIR).glob(f"step_*/{STATE_FILE}"))
+    if states:
+        found = json.loads(states[-1].read_text(encoding="utf-8")).get("epochs")
+        if found:
+            return int(found)
+    return cfg.train.epochs
+
+
+def _held_out_probabilities(folder: Path) -> np.ndarray:
+    with (folder / HELD_OUT_FILE).open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        return np.array([[float(row[c]) for c in PROBABILITY_COLUMNS] for row in csv.DictReader(handle)])
 
 
 def _spread(values: list[float]) -> dict:
@@ -316,18 +401,22 @@ def _spread(values: list[float]) -> dict:
     return {"mean": float(array.mean()), "std": std, "min": float(array.min()), "max": float(array.max())}
 
 
-def save_fold_ensemble(out: Path, plan: Folds, cfg: Config, metrics: dict, single: int) -> Path:
-    """``out/ensemble``: every fold's best model as one folder, fold `single`'s network its own."""
+def save_fold_ensemble(out: Path, plan: Folds, cfg: Config, metrics: dict) -> Path:
+    """``out/ensemble``: every fold's best model as one folder; its own network is the one cv_metrics' "ensemble"
+    entry names (a fold, itself a member, or the distilled network, outside the mean)."""
     from spine_hf.model import resolve_library
     from spine_hf.model_card import ensemble_card
     from spine_hf.model_folder import save_ensemble
 
     members = {f"fold_{fold}": fold_folder(out, fold) / BEST_DIR for fold in range(plan.count)}
-    card = ensemble_card(cfg, metrics, resolve_library(cfg.model), f"fold_{single}")
-    info = {"combine": "mean of the members' probabilities", "single_network": f"fold_{single}",
-            "single_network_chosen_by": metrics["ensemble"]["single_network_chosen_by"],
+    entry = metrics["ensemble"]
+    single = entry["single_network"]
+    card = ensemble_card(cfg, metrics, resolve_library(cfg.model), single, entry["single_network_chosen_by"])
+    info = {"combine": "mean of the members' probabilities", **{key: entry[key] for key in (
+            "single_network", "single_network_fold", "single_network_chosen_by")},
             "out_of_fold": {name: metrics["metrics"][name] for name in SCALARS}}  # fmt: skip
-    return save_ensemble(members, f"fold_{single}", out / ENSEMBLE_DIR, card, info)
+    own = out / DISTILLED_DIR / BEST_DIR if single == DISTILLED_DIR else None
+    return save_ensemble(members, single, out / ENSEMBLE_DIR, card, info, own=own)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,17 +428,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--fold", type=int)
     parser.add_argument("--group-regex")
+    parser.add_argument("--distill", type=float, nargs="?", const=0.5)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(rest):
-        print("spine-hf cv --config_path FILE [--folds 5] [--seed 42] [--fold K] [--group-regex RE] "
+        print("spine-hf cv --config_path FILE [--folds 5] [--seed 42] [--fold K] [--group-regex RE] [--distill [W]] "
               "[--section.key=value ...]\n  --folds: how many folds; --seed: which patients go to which fold "
               "(training randomness is --train.seed); --fold K: train fold K (0-based) alone; --group-regex: "
-              "patient id from the file name, for datasets without a patient column. The training "
-              "configuration follows:\n")  # fmt: skip
+              "patient id from the file name, for datasets without a patient column; --distill: once the folds "
+              "are done, also train one network on the best fold's rows that learns from the out-of-fold "
+              "probabilities with weight W (default 0.5) beside the labels, and make it the ensemble's own "
+              "network if it grades that fold's held-out images better. The training configuration "
+              "follows:\n")  # fmt: skip
     setup_logging()
     try:
         result = cross_validate(parse_config(rest), folds=args.folds, seed=args.seed, only=args.fold,
-                                group_regex=args.group_regex)  # fmt: skip
+                                group_regex=args.group_regex, distill=args.distill)  # fmt: skip
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -373,7 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         entry, spread = metrics["metrics"][name], metrics["fold_spread"][name]
         print(f"  {name:18s} {entry['value']:.4f}  [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}]   folds "
               f"{spread['min']:.4f}..{spread['max']:.4f} (sd {spread['std']:.4f})")  # fmt: skip
-    print(f"wrote {OOF_FILE}, {CV_METRICS_FILE} and the fold ensemble {result.out / ENSEMBLE_DIR}")
+    if "distilled" in metrics:
+        distilled, fold = metrics["distilled"], metrics["distilled"]["fold"]
+        print(f"distilled network: held-out QWK {distilled['held_out_qwk']['distilled']:.4f} on fold_{fold}'s images "
+              f"against fold_{fold}'s {distilled['held_out_qwk'][f'fold_{fold}']:.4f}")  # fmt: skip
+    print(f"wrote {OOF_FILE}, {CV_METRICS_FILE} and the fold ensemble {result.out / ENSEMBLE_DIR} (its own network, "
+          f"what pipeline() and timm load: {metrics['ensemble']['single_network']})")  # fmt: skip
     return 0
 
 

@@ -102,9 +102,10 @@ def _export_graph(predictor: Predictor, path: Path) -> None:
     model = predictor.folder.load_model().eval()
     # The model without its classifier layer returns the layer's input: the features.
     classifier = predictor.folder.replace_classifier(model, nn.Identity())
-    # An ensemble's other members, whole (the folder's own network is `model`).
+    # An ensemble's other members, whole (the folder's own network is `model`; it votes when it is a member).
     members = predictor.folder.member_folders()
     others = [member.load_model().eval() for member in members if member is not predictor.folder]
+    own_votes = not members or any(member is predictor.folder for member in members)
 
     class LogitsAndFeatures(nn.Module):
         def __init__(self):
@@ -115,7 +116,8 @@ def _export_graph(predictor: Predictor, path: Path) -> None:
             features = self.body(pixel_values).flatten(1)
             logits = self.classifier(features).flatten(1)
             if len(self.others):  # the log of the members' mean probabilities, as the Predictor computes it
-                probabilities = [logits.softmax(dim=1)] + [m(pixel_values).softmax(dim=1) for m in self.others]
+                probabilities = [logits.softmax(dim=1)] if own_votes else []
+                probabilities += [m(pixel_values).softmax(dim=1) for m in self.others]
                 logits = torch.stack(probabilities).mean(dim=0).log()
             return logits, features
 

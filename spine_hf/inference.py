@@ -110,7 +110,8 @@ class Predictor:
         self.referral = self.folder.referral
         # torch: the folder's own network, its device and what it computes in (fp32 or bf16); None with onnx.
         self.model = self.device = self.precision = self.session = None
-        # torch: every network whose probabilities are averaged ([self.model] unless the folder is an ensemble).
+        # torch: every network whose probabilities are averaged ([self.model] unless the folder is an ensemble,
+        # whose own network is one of them or, distilled from them, not).
         self.members: list = []
         if backend == "onnx":
             if precision == "bf16" or device not in (None, "cpu"):
@@ -197,7 +198,9 @@ class Predictor:
             with torch.inference_mode():
                 pixels = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                    outputs = [member(pixels).float() for member in self.members]  # the own network among them
+                    outputs = [member(pixels).float() for member in self.members]
+                    if features and not any(member is self.model for member in self.members):
+                        self.model(pixels)  # an own network outside the mean still gives the features
                 logits = outputs[0]
                 if len(outputs) > 1:
                     logits = torch.stack([output.softmax(dim=1) for output in outputs]).mean(dim=0).log()

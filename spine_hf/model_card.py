@@ -119,9 +119,9 @@ model = timm.create_model("hf-hub:REPO", pretrained=True)  # or "local-dir:FOLDE
     }"""
 
 
-def ensemble_card(cfg: Config, cv_metrics: dict, library: str, single: str) -> str:
-    """README.md for a fold ensemble (`spine-hf cv`): the card of its own network (`single`), with the
-    out-of-fold results and what loads the ensemble and what loads only its own network."""
+def ensemble_card(cfg: Config, cv_metrics: dict, library: str, single: str, chosen_by: str) -> str:
+    """README.md for a fold ensemble (`spine-hf cv`): the card of its own network (`single`, chosen by
+    `chosen_by`), with the out-of-fold results and what loads the ensemble and what loads only its own network."""
     folds = cv_metrics["folds"]
     rows = "\n".join(
         f"| {name} | {entry['value']:.4f} | [{entry['ci95'][0]:.4f}, {entry['ci95'][1]:.4f}] | "
@@ -140,8 +140,8 @@ This folder holds the {folds} best models of a {folds}-fold cross-validation (`s
 average their probabilities (`ensemble.json` lists the members; the others are in `members/`).
 
 **`pipeline()`, `AutoModelForImageClassification` and timm load single networks: they load only this
-folder's own network, `{single}`** (the fold with the highest held-out QWK), not the ensemble. Grad-CAM
-in the app explains that network too.
+folder's own network, `{single}`** ({chosen_by}), not the ensemble. Grad-CAM in the app explains that
+network too.
 
 Out-of-fold results: every one of the {cv_metrics["count"]} images of {cv_metrics["patients"]} patients graded by
 the member that did not see it (95 % intervals from resampling patients; the last column is the

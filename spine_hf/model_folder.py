@@ -11,9 +11,10 @@ description `spine-hf calibrate` stores beside the weights (`grade_ranges`, `ref
 written by `spine-hf export` holds ``model.onnx`` instead of the PyTorch weights (`has_onnx`,
 `onnx_session`).
 
-A fold ensemble (`spine-hf cv`) is a model folder too: its own network is one of the members (the one
-`pipeline()` and timm load, as they load single networks), and ``ensemble.json`` lists the member
-folders whose probabilities `Predictor` averages (`members`, `member_folders`, `save_ensemble`).
+A fold ensemble (`spine-hf cv`) is a model folder too: its own network (the one `pipeline()` and timm
+load, as they load single networks) is one of the members or a network distilled from them, and
+``ensemble.json`` lists the member folders whose probabilities `Predictor` averages (`members`,
+`member_folders`, `save_ensemble`).
 
 Loading is as light as the folder allows: a timm folder loads through timm alone (its ``local-dir:``
 loader; transformers is not even imported), a transformers folder through
@@ -70,7 +71,8 @@ class ModelFolder:
     # Conformal grade ranges and the out-of-distribution referral, where `spine-hf calibrate` fitted them.
     grade_ranges: GradeRanges | None = None
     referral: Referral | None = None
-    # A fold ensemble's member folders, relative to `path` ("." is this folder's own network); () for one network.
+    # A fold ensemble's member folders, relative to `path` ("." is this folder's own network, when it is one of
+    # them); () for one network.
     members: tuple[str, ...] = ()
 
     @classmethod
@@ -184,22 +186,27 @@ def _members(path: Path) -> tuple[str, ...]:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{file} is not an ensemble file written by `spine-hf cv`: {err}") from err
     outside = [m for m in members if m != "." and (Path(m).is_absolute() or ".." in Path(m).parts)]
-    if "." not in members or outside:
-        raise ValueError(f"{file}: members must be the folder's own network (\".\") and folders inside {path} "
+    if not members or outside or len(set(members)) != len(members):
+        raise ValueError(f"{file}: members must be distinct folders inside {path} (\".\" for its own network) "
                          f"(found {list(members)})")  # fmt: skip
     return members
 
 
-def save_ensemble(members: dict[str, Path], single: str, out: str | os.PathLike, card: str, info: dict) -> Path:
+def save_ensemble(members: dict[str, Path], single: str, out: str | os.PathLike, card: str, info: dict,
+                  own: Path | None = None) -> Path:  # fmt: skip
     """Write a fold ensemble of `members` (name -> model folder): member `single` is the folder's own network
-    (what `pipeline()` and timm load), the others go to ``members/<name>``; `card` replaces the model card,
-    `info` goes into ENSEMBLE_FILE. Replaces `out` only once the new folder is complete."""
+    (what `pipeline()` and timm load), the others go to ``members/<name>``; with `own` (a model folder that
+    is not a member, e.g. distilled from them), that is the own network and every member goes to
+    ``members/<name>``. `card` replaces the model card, `info` goes into ENSEMBLE_FILE. Replaces `out` only
+    once the new folder is complete."""
     import shutil
 
     listed = []
     with staged_folder(out, overwrite=True) as staging:
+        if own is not None:
+            shutil.copytree(own, staging, dirs_exist_ok=True)
         for name, member in members.items():
-            if name == single:
+            if name == single and own is None:
                 shutil.copytree(member, staging, dirs_exist_ok=True)
                 listed.append(".")
             else:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -252,17 +253,103 @@ def test_two_cpu_processes_train_the_folds_and_gather_once(cv_dataset, tmp_path)
     assert Predictor(out / ENSEMBLE_DIR).members and len(Predictor(out / ENSEMBLE_DIR).members) == FOLDS
 
 
-def test_an_ensemble_file_must_list_the_folders_own_network(cv_run, tmp_path):
+def test_an_ensemble_file_must_list_distinct_folders_inside_it(cv_run, tmp_path):
     import shutil
 
     copy = tmp_path / "ensemble"
     shutil.copytree(cv_run / ENSEMBLE_DIR, copy)
     info = json.loads((copy / "ensemble.json").read_text())
-    info["members"] = [m for m in info["members"] if m != "."]
-    (copy / "ensemble.json").write_text(json.dumps(info))
-    with pytest.raises(ValueError, match="own network"):
-        Predictor(copy)
-    info["members"] = [".", "../elsewhere"]
-    (copy / "ensemble.json").write_text(json.dumps(info))
-    with pytest.raises(ValueError, match="inside"):
-        Predictor(copy)
+    for members in ([], [".", "."], [".", "../elsewhere"], [".", "/elsewhere"]):
+        info["members"] = members
+        (copy / "ensemble.json").write_text(json.dumps(info))
+        with pytest.raises(ValueError, match="distinct folders inside"):
+            Predictor(copy)
+
+
+@pytest.fixture(scope="module")
+def distilled_run(cv_run, cv_dataset, tmp_path_factory) -> Path:
+    """The finished cross-validation copied, then `cv --distill 0.7` in the copy: only the distilled network trains."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("distilled") / "cv"
+    shutil.copytree(cv_run, out)
+    done = subprocess.run(_command(cv_dataset, out, "--distill", "0.7"), capture_output=True, text=True, env=_env(),
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("spine-hf train: world size") == 1 and "distilled network: held-out QWK" in done.stdout
+    return out
+
+
+def test_distilling_trains_one_network_beside_the_best_fold_and_keeps_the_better(distilled_run, cv_run, cv_dataset):
+    metrics = json.loads((distilled_run / CV_METRICS_FILE).read_text())
+    entry, fold = metrics["distilled"], int(np.argmax(metrics["per_fold"]["qwk"]))
+    assert entry["fold"] == fold and entry["teacher_weight"] == 0.7
+    # As many epochs as that fold's schedule, scored on that fold's held-out images.
+    assert entry["epochs"] == json.loads((cv_run / f"fold_{fold}" / "results.json").read_text())["epochs"] == 3
+    assert len(json.loads((distilled_run / "distilled" / "metrics.json").read_text())) == 3
+    with (distilled_run / "distilled" / HELD_OUT_FILE).open(newline="") as handle:
+        student = list(csv.DictReader(handle))
+    with (cv_run / f"fold_{fold}" / HELD_OUT_FILE).open(newline="") as handle:
+        teacher_fold = list(csv.DictReader(handle))
+    assert [row["file"] for row in student] == [row["file"] for row in teacher_fold]
+    for k in range(FOLDS):  # the folds were not trained again
+        assert (distilled_run / f"fold_{k}" / "metrics.json").read_text() == (cv_run / f"fold_{k}" /
+                                                                             "metrics.json").read_text()  # fmt: skip
+    scores = entry["held_out_qwk"]
+    chosen = scores["distilled"] > scores[f"fold_{fold}"]
+    info = json.loads((distilled_run / ENSEMBLE_DIR / "ensemble.json").read_text())
+    assert entry["own_network"] == chosen
+    assert info["single_network"] == ("distilled" if chosen else f"fold_{fold}") and info["single_network_fold"] == fold
+    # A plain cv afterwards trains nothing and keeps the distilled network.
+    again = subprocess.run(_command(cv_dataset, distilled_run), capture_output=True, text=True, env=_env(),
+                           timeout=600)  # fmt: skip
+    assert again.returncode == 0 and "spine-hf train" not in again.stdout
+    assert json.loads((distilled_run / CV_METRICS_FILE).read_text())["distilled"] == entry
+
+
+def test_a_distilled_own_network_is_what_pipeline_loads_while_the_folds_are_averaged(distilled_run, cv_dataset,
+                                                                                     tmp_path):  # fmt: skip
+    """Whichever won on the fixture's tiny folds, the folder is made with the distilled network as its own."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import pipeline
+
+    from spine_hf.calibration import calibrate_model
+    from spine_hf.config import parse_config
+    from spine_hf.cross_validation import save_fold_ensemble
+    from spine_hf.export import export_onnx
+    from spine_hf.model_folder import ModelFolder
+
+    out = tmp_path / "cv"
+    shutil.copytree(distilled_run, out)
+    metrics = json.loads((out / CV_METRICS_FILE).read_text())
+    metrics["ensemble"].update(single_network="distilled", single_network_chosen_by="forced by this test")
+    cfg = parse_config(["--config_path", str(out / "fold_0" / "config.yaml")])
+    save_fold_ensemble(out, SimpleNamespace(count=FOLDS), cfg, metrics)  # a plan's fold count is all it reads
+    ensemble = out / ENSEMBLE_DIR
+    info = json.loads((ensemble / "ensemble.json").read_text())
+    assert "." not in info["members"] and len(info["members"]) == FOLDS
+    assert "`distilled`** (forced by this test)" in (ensemble / "README.md").read_text()
+
+    images = _images(cv_dataset)
+    mean = np.mean([member.probabilities(images) for member in _members(out)], axis=0)
+    predictor, student = Predictor(ensemble), Predictor(out / "distilled" / "best")
+    assert len(predictor.members) == FOLDS
+    np.testing.assert_allclose(predictor.probabilities(images), mean, atol=1e-6)
+    np.testing.assert_allclose(predictor.features(images)[0], student.features(images)[0], atol=1e-5)
+    classifier = pipeline("image-classification", model=str(ensemble), top_k=5)
+    for image, expected in zip(images, student.predict(images), strict=True):
+        assert max(classifier(image.convert("RGB")), key=lambda entry: entry["score"])["label"] == expected.grade_name
+
+    report = export_onnx(ensemble, tmp_path / "onnx", calibration_data=cv_dataset, check_split="test")
+    assert report["members"] == FOLDS
+    np.testing.assert_allclose(Predictor(tmp_path / "onnx").probabilities(images), mean, atol=1e-5)
+
+    fitted = calibrate_model(ensemble, cv_dataset, tmp_path / "calibrated", coverage=0.8, referral_rate=0.2)
+    assert fitted["referral"]["held_out"] == f"fold_{info['single_network_fold']} (held out)"
+    for before in [*ModelFolder.read(ensemble).member_folders(), ModelFolder.read(ensemble)]:
+        after = tmp_path / "calibrated" / before.path.relative_to(ensemble)
+        key = f"{before.classifier}.weight"
+        scaled = load_file(str(before.path / "model.safetensors"))[key] / fitted["temperature"]
+        assert np.allclose(load_file(str(after / "model.safetensors"))[key].numpy(), scaled.numpy(), atol=1e-6)
