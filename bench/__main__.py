@@ -4,7 +4,7 @@
     python -m bench train | predict | cold | convert | loader | quality | large
     python -m bench levers  --data DIR [--levers progressive,lr] [--budget-minutes 8] [--precision fp32]
     python -m bench trust --data DIR --model-dir MODEL
-    python -m bench cv    --data DIR [--folds 5] [--budget-minutes 11] [--hold-out 0.15] [--reuse-runs]
+    python -m bench cv    --data DIR [--folds 5] [--budget-minutes 11] [--hold-out 0.15] [--reuse-runs] [--distill]
     python -m bench audit --data DIR [--flip 0.05] [--folds 5] [--budget-minutes 6] [--reuse-runs]
 
 * train, predict, cold, convert: `bench.speed`; loader: `bench.loader`; quality and levers (what each
@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="audit: share of the pool's labels moved one grade (default 0.05)")  # fmt: skip
     parser.add_argument("--reuse-runs", action="store_true",
                         help="cv: measure the runs an earlier call left in --work again, training nothing")  # fmt: skip
+    parser.add_argument("--distill", type=float, nargs="?", const=0.5,
+                        help="cv: also a network distilled from the folds (`spine-hf cv --distill`, the teacher's "
+                             "weight; trained unless an earlier call left it) against the best fold")  # fmt: skip
     return parser
 
 

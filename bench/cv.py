@@ -16,9 +16,12 @@ and it reports, all in this process:
   network, and the single run (QWK with intervals, the ensemble's paired gain over its own network);
 * grade ranges for 90 % on the held-back patients: the ensemble calibrated on its out-of-fold
   predictions, over all grades and per grade, against the single run calibrated on validation;
-* the whole `cv`'s wall time against `--folds` single runs.
+* the whole `cv`'s wall time against `--folds` single runs;
+* with `--distill`: a network distilled from the fold ensemble (`spine-hf cv --distill`) against the fold
+  it trained beside (same rows, same epochs) on the held-back patients.
 
-`--reuse-runs` measures again from the runs an earlier call left in the work folder, training nothing.
+`--reuse-runs` measures again from the runs an earlier call left in the work folder, training nothing
+(but the distilled network, when `--distill` asks for one that is not there yet).
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ def bench_cv(args, report: Report, work: Path, tree: Path) -> None:
                                      "single_run_outside_epochs": outside, "k_single_runs": like_runs})  # fmt: skip
         report.ratio("cv.time_vs_single_runs", cv_seconds / like_runs, 1.05, "lower",
                      f"whole `cv` wall time / {args.folds} single runs of the folds' epochs")  # fmt: skip
+    if args.distill is not None:  # trains the distilled network alone: the folds are done
+        start = time.perf_counter()
+        cross_validate(recipe_config(args, dataset, cv_dir, *budget), folds=args.folds, seed=0, distill=args.distill)
+        report.say(f"distilled network: {time.perf_counter() - start:.0f} s (nothing when an earlier call left it)")
     metrics = json.loads((cv_dir / CV_METRICS_FILE).read_text())
     compare(report, dataset, single_dir / "best", cv_dir, metrics, work, args)
 
@@ -166,6 +173,8 @@ def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: 
                "single_run": Predictor(single, batch_size=64).probabilities(test_images)}  # fmt: skip
     for k in range(args.folds):
         on_test[f"fold_{k}"] = Predictor(cv_dir / f"fold_{k}" / "best", batch_size=64).probabilities(test_images)
+    if "distilled" in metrics:
+        on_test["distilled"] = Predictor(cv_dir / "distilled" / "best", batch_size=64).probabilities(test_images)
     scored = {name: _scores(p, test_labels, test_patients) for name, p in on_test.items()}
     gain = _paired_gain(on_test["ensemble"], on_test[own], test_labels, test_patients)
     best_member = max(range(args.folds), key=lambda k: scored[f"fold_{k}"]["qwk"]["value"])
@@ -180,6 +189,8 @@ def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: 
     report.ratio("cv.ensemble_qwk_gain_over_best_member", scored["ensemble"]["qwk"]["value"]
                  - scored[f"fold_{best_member}"]["qwk"]["value"], 0.0, "higher",
                  "held-back QWK of the ensemble - of the member best on the held-back patients")  # fmt: skip
+    if "distilled" in metrics:
+        distilled(report, metrics["distilled"], on_test, scored, test_labels, test_patients)
 
     ranges = {}
     for name, model, kwargs in (
@@ -212,6 +223,29 @@ def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: 
         gap = max(abs(c - COVERAGE) for c in seen) if seen else None
         report.ratio(f"cv.per_grade_coverage_gap.{name}", gap, 0.03, "lower",
                      f"largest |coverage - {COVERAGE:.0%}| over the true grades on the held-back patients")  # fmt: skip
+
+
+def distilled(report: Report, entry: dict, on_test: dict, scored: dict, labels: np.ndarray,
+              patients: np.ndarray) -> None:  # fmt: skip
+    """The distilled network against the fold it trained beside and against the ensemble, on the held-back
+    patients: which single network serves better."""
+    from spine_hf.evaluation import expected_calibration_error
+
+    fold = f"fold_{entry['fold']}"
+    gains = {"over_its_fold": _paired_gain(on_test["distilled"], on_test[fold], labels, patients),
+             "ensemble_over_it": _paired_gain(on_test["ensemble"], on_test["distilled"], labels, patients)}  # fmt: skip
+    ece = {name: expected_calibration_error(on_test[name], labels)[0] for name in ("distilled", fold, "ensemble")}
+    report.say(f"distilled (weight {entry['teacher_weight']}, {entry['epochs']} epochs on {fold}'s rows): held-back "
+               f"QWK {_show(scored['distilled']['qwk'])} against {fold} {_show(scored[fold]['qwk'])}: "
+               f"{gains['over_its_fold']['value']:+.3f} [{gains['over_its_fold']['ci95'][0]:+.3f}, "
+               f"{gains['over_its_fold']['ci95'][1]:+.3f}]; on {fold}'s held-out rows "
+               f"{entry['held_out_qwk']['distilled']:.3f} against {entry['held_out_qwk'][fold]:.3f}, so the own "
+               f"network is {'the distilled one' if entry['own_network'] else fold}; ECE "
+               + ", ".join(f"{name} {value:.3f}" for name, value in ece.items()))  # fmt: skip
+    report.number("cv.distilled", {**entry, "held_back": {"distilled": scored["distilled"], fold: scored[fold]},
+                                   "gains": gains, "ece": ece})  # fmt: skip
+    report.ratio("cv.distilled_qwk_gain_over_its_fold", gains["over_its_fold"]["value"], 0.0, "higher",
+                 f"held-back QWK of the distilled network - of {fold}, same rows, same epochs")  # fmt: skip
 
 
 def cross_fitted_ranges(report: Report, cv_dir: Path) -> dict:

@@ -257,15 +257,16 @@ def test_the_usual_recipes_schedule_is_the_scripts_linear_decay():
     assert ours(25) == 0.5 and ours(50) == 0.0
 
 
+@pytest.mark.timeout(600)  # four short trainings and the whole comparison: about 200 s on an AVX-512 machine
 def test_bench_cv_compares_one_split_with_out_of_fold_and_the_ensemble(tmp_path, capsys):
     args = ["cv", "--phantoms-per-grade", "14", "--folds", "2", "--budget-minutes", "0.15", "--precision", "fp32",
-            "--work", str(tmp_path / "work"), "--json", str(tmp_path / "cv.json")]  # fmt: skip
+            "--work", str(tmp_path / "work"), "--json", str(tmp_path / "cv.json"), "--distill", "0.5"]  # fmt: skip
     assert main(args) == 0
     result = json.loads((tmp_path / "cv.json").read_text())
     ratios, numbers = result["ratios"], result["numbers"]
     assert ratios["cv.time_vs_single_runs"]["value"] > 0 and "cv.time_vs_single_runs" in capsys.readouterr().out
     scores = numbers["cv.held_back"]["scores"]
-    assert set(scores) == {"ensemble", "single_run", "fold_0", "fold_1"}
+    assert set(scores) == {"ensemble", "single_run", "fold_0", "fold_1", "distilled"}
     assert all(-1 <= s["qwk"]["value"] <= 1 for s in scores.values())
     assert numbers["cv.held_back"]["own_network"] in scores
     assert set(numbers["cv.grade_ranges_on_held_back"]) == {"single_on_validation", "ensemble_oof_marginal",
@@ -276,3 +277,7 @@ def test_bench_cv_compares_one_split_with_out_of_fold_and_the_ensemble(tmp_path,
     data = load_grade_dataset(tmp_path / "work" / "cv" / "dataset")
     pooled = set(data["train"]["patient"]) | set(data["validation"]["patient"])
     assert data["test"].num_rows and not pooled & set(data["test"]["patient"])
+    # The distilled network against the fold it trained beside.
+    entry = numbers["cv.distilled"]
+    assert {"distilled", f"fold_{entry['fold']}"} == set(entry["held_back"]) and entry["teacher_weight"] == 0.5
+    assert "cv.distilled_qwk_gain_over_its_fold" in ratios
