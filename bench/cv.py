@@ -70,9 +70,13 @@ def bench_cv(args, report: Report, work: Path, tree: Path) -> None:
                                      "single_run_outside_epochs": outside, "k_single_runs": like_runs})  # fmt: skip
         report.ratio("cv.time_vs_single_runs", cv_seconds / like_runs, 1.05, "lower",
                      f"whole `cv` wall time / {args.folds} single runs of the folds' epochs")  # fmt: skip
-    if args.distill is not None:  # trains the distilled network alone: the folds are done
+    if args.distill is not None:  # the folds are done: this trains the distilled network alone
+        from dataclasses import replace
+
+        cfg = recipe_config(args, dataset, cv_dir, *budget)
+        cfg = replace(cfg, train=replace(cfg.train, overwrite=False))  # the recipe's overwrite would retrain the folds
         start = time.perf_counter()
-        cross_validate(recipe_config(args, dataset, cv_dir, *budget), folds=args.folds, seed=0, distill=args.distill)
+        cross_validate(cfg, folds=args.folds, seed=0, distill=args.distill)
         report.say(f"distilled network: {time.perf_counter() - start:.0f} s (nothing when an earlier call left it)")
     metrics = json.loads((cv_dir / CV_METRICS_FILE).read_text())
     compare(report, dataset, single_dir / "best", cv_dir, metrics, work, args)
