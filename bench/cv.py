@@ -199,7 +199,7 @@ def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: 
     ranges = {}
     for name, model, kwargs in (
         ("single_on_validation", single, {}),
-        ("ensemble_oof_marginal", cv_dir / ENSEMBLE_DIR, {}),
+        ("ensemble_oof_marginal", cv_dir / ENSEMBLE_DIR, {"per_grade": False}),  # per grade is its default
         ("ensemble_oof_per_grade", cv_dir / ENSEMBLE_DIR, {"per_grade": True}),
     ):
         out = work / "calibrated" / name
