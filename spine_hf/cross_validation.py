@@ -1,6 +1,6 @@
 """`spine-hf cv`: K-fold cross-validation over the training and validation images, grouped by patient.
 
-    spine-hf cv --config_path configs/knee-cpu.yaml --folds 5 [--seed 42] [--fold K] [--section.key=value ...]
+    spine-hf cv --config_path configs/knee-cpu.yaml --folds 5 [--seed 42] [--fold K] [--distill [W]] [--key=value ...]
     accelerate launch -m spine_hf.cross_validation --config_path FILE --folds 5      # the same on N processes
 
 One split into training and validation cannot tell a better model from a luckier split on a few hundred
@@ -19,7 +19,10 @@ own value and their spread. The test split is never read.
 * once every fold is done: ``oof_predictions.csv`` (file, patient, fold, grade, predicted grade,
   five probabilities), ``cv_metrics.json`` and ``ensemble/``, the K best models as one model folder
   (`model_folder.save_ensemble`) whose own network, the one `pipeline()` and timm load, is the fold
-  with the highest held-out QWK.
+  with the highest held-out QWK;
+* with ``--distill``: ``distilled/``, a run folder like a fold's, of one network that learnt from the
+  out-of-fold probabilities beside the labels (`distill_network`); it replaces that fold as the
+  ensemble's own network only where it grades the fold's held-out images better.
 
 Folds run one after another in the same `accelerate` loop as `spine-hf train`, on one CPU, one GPU or
 many, reading the splits' decoded caches (decoded once for all folds). A run that stops continues the
