@@ -200,6 +200,6 @@ def _out_of_fold(predictor: Predictor, data, cv_folder: Path) -> dict:
     # Rounded probabilities of exactly 0 would be -inf logits; 1e-6 is below what the file resolves.
     logits = np.log(np.clip(oof["probabilities"], 1e-6, None))
     return {"logits": logits, "labels": oof["grade"], "features": features_of(held),
-            "split": f"out-of-fold ({cv_folder.name}, {len(logits)} images)", "held_out": f"fold_{fold} (held out)",
+            "split": f"out-of-fold predictions of {cv_folder.name}", "held_out": f"fold_{fold} (held out)",
             "described": features_of(trained), "described_labels": oof["grade"][trained],
             "described_split": f"folds other than fold_{fold}"}  # fmt: skip

@@ -265,9 +265,13 @@ def _calibrate(args) -> int:
     if "not_fitted" in ranges:
         print(f"grade ranges NOT fitted: {ranges['not_fitted']}")
     else:
-        each = " for each grade" if ranges["method"] == "per_grade" else ""
-        print(f"grade ranges for {ranges['coverage']:.0%} coverage{each}: threshold {ranges['threshold']:.4f}, "
-              f"mean width {ranges['mean_width']:.2f} grades on {report['split']}")  # fmt: skip
+        if ranges["method"] == "per_grade":
+            found = ", ".join(f"{t:.4f}" for t in ranges["per_grade"])
+            chosen = f" for each grade: thresholds {found} (Healthy to Severe)"
+        else:
+            chosen = f": threshold {ranges['threshold']:.4f}"
+        print(f"grade ranges for {ranges['coverage']:.0%} coverage{chosen}, mean width {ranges['mean_width']:.2f} "
+              f"grades on {report['split']}")  # fmt: skip
     if "not_fitted" in referral:
         print(f"referral NOT fitted: {referral['not_fitted']}")
     else:
