@@ -132,13 +132,16 @@ def cross_validate(cfg: Config, folds: int = 5, seed: int = 42, only: int | None
     result = CVResult(out, plan, trained, missing)
     if not missing:
         if state.is_main_process:
-            result.metrics = gather(out, plan, cfg)
+            result.metrics = gather(out, plan)
         state.wait_for_everyone()
         earlier = out / DISTILLED_DIR / DISTILL_FILE
         if distill is None and earlier.is_file():  # distilled before: keep it (finished, it trains nothing)
             distill = float(json.loads(earlier.read_text(encoding="utf-8"))["teacher_weight"])
         if distill is not None:
             result.metrics = distill_network(cfg, out, plan, dataset, distill, state)
+        if state.is_main_process:  # once, with the own network chosen
+            save_fold_ensemble(out, plan, cfg, result.metrics)
+        state.wait_for_everyone()
     state.destroy_process_group()
     return result
 
@@ -235,27 +238,40 @@ def _write_json(path: Path, data: dict) -> None:
     publish_file(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
+def read_held_out(folder: Path, plan: Folds, fold: int) -> np.ndarray:
+    """The probabilities in `folder`'s held-out file (a fold's, or the distilled network's) for the images fold
+    `fold` holds out: N x 5, in the order of `plan.held_out(fold)`.
+
+    Raises:
+        ValueError: an image missing, predicted twice or not one the fold holds out.
+    """
+    positions = plan.held_out(fold)
+    index = {plan.rows[i].name: n for n, i in enumerate(positions)}
+    found = np.full((len(positions), NUM_GRADES), np.nan)
+    path = folder / HELD_OUT_FILE
+    again = f"train it again (for a fold: --fold {fold} --train.overwrite=true)"
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        for line in csv.DictReader(handle):
+            n = index.get(line["file"])
+            if n is None or int(line["fold"]) != fold or not np.isnan(found[n, 0]):
+                raise ValueError(f"{path}: {line['file']} is not an image fold {fold} holds out once; {again}")
+            found[n] = [float(line[column]) for column in PROBABILITY_COLUMNS]
+    lost = np.isnan(found[:, 0])
+    if lost.any():
+        raise ValueError(f"{path}: {int(lost.sum())} images fold {fold} holds out have no prediction, e.g. "
+                         f"{plan.rows[positions[int(np.argmax(lost))]].name}; {again}")  # fmt: skip
+    return found
+
+
 def read_oof(out: Path, plan: Folds) -> np.ndarray:
     """Every pooled image's out-of-fold probabilities (N x 5, in pool order) from the folds' held-out files.
 
     Raises:
         ValueError: an image missing, predicted twice or by the wrong fold.
     """
-    position = {row.name: i for i, row in enumerate(plan.rows)}
-    probabilities = np.full((len(plan.rows), NUM_GRADES), np.nan)
-    for fold in range(plan.count):
-        path = fold_folder(out, fold) / HELD_OUT_FILE
-        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            for line in csv.DictReader(handle):
-                i = position.get(line["file"])
-                if i is None or plan.fold[i] != fold or int(line["fold"]) != fold or not np.isnan(probabilities[i, 0]):
-                    raise ValueError(f"{path}: {line['file']} is not an image fold {fold} holds out once; train "
-                                     "that fold again with --fold {fold} --train.overwrite=true")  # fmt: skip
-                probabilities[i] = [float(line[column]) for column in PROBABILITY_COLUMNS]
-    lost = np.isnan(probabilities[:, 0])
-    if lost.any():
-        raise ValueError(f"{int(lost.sum())} images have no out-of-fold prediction, e.g. "
-                         f"{plan.rows[int(np.argmax(lost))].name}")  # fmt: skip
+    probabilities = np.zeros((len(plan.rows), NUM_GRADES))
+    for fold in range(plan.count):  # every pooled image is in exactly one fold
+        probabilities[plan.held_out(fold)] = read_held_out(fold_folder(out, fold), plan, fold)
     return probabilities
 
 
@@ -281,8 +297,9 @@ def read_oof_file(out: Path) -> dict:
     }
 
 
-def gather(out: Path, plan: Folds, cfg: Config, bootstrap: int = 1000) -> dict:
-    """Write ``oof_predictions.csv``, ``cv_metrics.json`` and ``ensemble/`` from the finished folds."""
+def gather(out: Path, plan: Folds, bootstrap: int = 1000) -> dict:
+    """Write ``oof_predictions.csv`` and ``cv_metrics.json`` from the finished folds (`save_fold_ensemble`
+    writes ``ensemble/`` from them, once any distilled network has been weighed too)."""
     from spine_hf.evaluation import bootstrap_intervals, expected_calibration_error, severe_cut_auc
     from spine_hf.metrics import compute_grading_metrics
 
@@ -324,7 +341,6 @@ def gather(out: Path, plan: Folds, cfg: Config, bootstrap: int = 1000) -> dict:
                            "single_network_fold": single,
                            "single_network_chosen_by": "the highest held-out QWK of the folds"}  # fmt: skip
     _write_json(out / CV_METRICS_FILE, metrics)
-    save_fold_ensemble(out, plan, cfg, metrics)
     return metrics
 
 
@@ -364,7 +380,7 @@ def distill_network(cfg: Config, out: Path, plan: Folds, dataset, weight: float,
         from spine_hf.metrics import compute_grading_metrics
 
         grades = np.array([plan.rows[i].grade for i in plan.held_out(fold)])
-        scores = {name: compute_grading_metrics(_held_out_probabilities(path).argmax(1), grades)["qwk"]
+        scores = {name: compute_grading_metrics(read_held_out(path, plan, fold).argmax(1), grades)["qwk"]
                   for name, path in (("distilled", folder), (f"fold_{fold}", teacher_of))}  # fmt: skip
         chosen = scores["distilled"] > scores[f"fold_{fold}"]
         metrics["distilled"] = {**settings, "folder": DISTILLED_DIR, "held_out_qwk": scores, "own_network": chosen}
@@ -374,7 +390,6 @@ def distill_network(cfg: Config, out: Path, plan: Folds, dataset, weight: float,
                 f"distilled from the fold ensemble; it graded fold_{fold}'s held-out images better than fold_{fold} "
                 f"(QWK {scores['distilled']:.4f} against {scores[f'fold_{fold}']:.4f})")  # fmt: skip
         _write_json(out / CV_METRICS_FILE, metrics)
-        save_fold_ensemble(out, plan, cfg, metrics)
     state.wait_for_everyone()
     return json.loads((out / CV_METRICS_FILE).read_text(encoding="utf-8"))
 
@@ -391,11 +406,6 @@ def _scheduled_epochs(folder: Path, cfg: Config) -> int:
         if found:
             return int(found)
     return cfg.train.epochs
-
-
-def _held_out_probabilities(folder: Path) -> np.ndarray:
-    with (folder / HELD_OUT_FILE).open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        return np.array([[float(row[c]) for c in PROBABILITY_COLUMNS] for row in csv.DictReader(handle)])
 
 
 def _spread(values: list[float]) -> dict:
