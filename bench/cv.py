@@ -127,20 +127,15 @@ def _scores(probabilities: np.ndarray, labels: np.ndarray, patients: np.ndarray)
 
 def _paired_gain(a: np.ndarray, b: np.ndarray, labels: np.ndarray, patients: np.ndarray) -> dict:
     """QWK(a) - QWK(b) on the same images, with a 95 % interval resampling patients."""
+    from spine_hf.evaluation import resampled_indices
     from spine_hf.metrics import compute_grading_metrics
 
     def qwk(p, index):
         return compute_grading_metrics(p[index].argmax(1), labels[index])["qwk"]
 
-    everything = np.arange(len(labels))
-    _, inverse = np.unique(patients, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
-    rng = np.random.default_rng(0)
-    gains = []
-    for _ in range(1000):
-        index = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        gains.append(qwk(a, index) - qwk(b, index))
+    gains = [qwk(a, index) - qwk(b, index) for index in resampled_indices(len(labels), 1000, 0, patients)]
     low, high = np.percentile(gains, [2.5, 97.5])
+    everything = np.arange(len(labels))
     return {"value": qwk(a, everything) - qwk(b, everything), "ci95": [float(low), float(high)]}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,25 +63,31 @@ def severe_cut_auc(probabilities: np.ndarray, references: np.ndarray) -> float:
     return float(roc_auc_score(positive, probabilities[:, 2:].sum(axis=1)))
 
 
+def resampled_indices(count: int, rounds: int, seed: int, groups: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """`rounds` bootstrap resamples of the indices of `count` images: images drawn with replacement, or with
+    `groups` (a patient id per image) patients, each with all of their images."""
+    rng = np.random.default_rng(seed)
+    members = None
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])  # each patient's image indices
+    for _ in range(rounds):
+        if members is None:
+            yield rng.integers(0, count, count)
+        else:
+            yield np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+
+
 def bootstrap_intervals(probabilities: np.ndarray, references: np.ndarray, rounds: int, seed: int,
                         groups: np.ndarray | None = None) -> dict:  # fmt: skip
     """95 % percentile intervals for every scalar metric, per-grade precision/recall and the AUC.
 
     Images are resampled with replacement; with `groups` (a patient id per image), patients are, each
     with all of their images, since images of one patient are not independent of each other."""
-    rng = np.random.default_rng(seed)
     predictions = probabilities.argmax(axis=1)
-    members = None
-    if groups is not None:
-        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])  # each patient's image indices
     samples: dict[str, list] = {}
-    for _ in range(rounds):
-        if members is None:
-            index = rng.integers(0, len(references), len(references))
-        else:
-            index = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+    for index in resampled_indices(len(references), rounds, seed, groups):
         metrics = compute_grading_metrics(predictions[index], references[index])
         for name in SCALARS:
             samples.setdefault(name, []).append(metrics[name])
