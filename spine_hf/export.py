@@ -105,7 +105,7 @@ def _export_graph(predictor: Predictor, path: Path) -> None:
     # An ensemble's other members, whole (the folder's own network is `model`; it votes when it is a member).
     members = predictor.folder.member_folders()
     others = [member.load_model().eval() for member in members if member is not predictor.folder]
-    own_votes = not members or any(member is predictor.folder for member in members)
+    own_votes = any(member is predictor.folder for member in members)
 
     class LogitsAndFeatures(nn.Module):
         def __init__(self):

@@ -54,15 +54,12 @@ def build_loss(
     def loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()
         w = weights.to(logits.device) if weights is not None else None
-        if teacher is not None:
-            from_teacher = -(teacher.float() * F.log_softmax(logits, dim=1)).sum(dim=1)
-            per_image = (1 - teacher_weight) * per_label(logits, labels) + teacher_weight * from_teacher
-            if w is None:
-                return per_image.mean()
-            return (per_image * w[labels]).sum() / w[labels].sum()
-        if cfg.loss == "ce":
+        if cfg.loss == "ce" and teacher is None:
             return F.cross_entropy(logits, labels, weight=w, label_smoothing=cfg.label_smoothing)
         per_image = per_label(logits, labels)
+        if teacher is not None:
+            from_teacher = -(teacher.float() * F.log_softmax(logits, dim=1)).sum(dim=1)
+            per_image = (1 - teacher_weight) * per_image + teacher_weight * from_teacher
         if w is None:
             return per_image.mean()
         sample_w = w[labels]
