@@ -407,6 +407,7 @@ def _convert(args) -> int:
     print(_grade_table(report.counts))
     if report.grouping:
         print(f"patient ids for {report.with_patient} of {report.images} images from {report.grouping}")
+    print(_sizes_table(report.sizes))
     print(
         f"wrote {report.images} images to {report.out} (datasets.load_from_disk): {report.kept} kept as they were, "
         f"{report.reencoded} re-encoded to 8-bit grayscale PNG, {report.dicom} DICOM de-identified; "
@@ -417,6 +418,16 @@ def _convert(args) -> int:
             f"pushed to https://huggingface.co/datasets/{args.push_to_hub} ({'public' if args.public else 'private'})"
         )
     return EXIT_OK
+
+
+def _sizes_table(sizes: dict) -> str:
+    """Each split's image shapes, as `convert` recorded them (image_sizes.json)."""
+    lines = ["height:width (median, range) and median size in pixels:"]
+    for split, summary in sizes.items():
+        aspect = summary["aspect"]
+        lines.append(f"  {split:<11} {aspect['median']:.2f} ({aspect['min']:.2f}-{aspect['max']:.2f})  "
+                     f"{summary['height']['median']} x {summary['width']['median']}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _audit(args) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 LIBRARIES = ("auto", "timm", "transformers")
+# model.aspect: the input shape as model.image_size says, or the data's median aspect at that pixel count.
+ASPECTS = ("fixed", "data")
 LOSSES = ("ce", "ordinal")
 SAMPLERS = ("none", "balanced")
 # train.mixed_precision: accelerate's names ("" = whatever `accelerate launch --mixed_precision` says).
@@ -102,8 +104,14 @@ class ModelConfig:
     library: str = "auto"
     # Start from pretrained weights (needs the Hub or a populated cache).
     pretrained: bool = False
-    # Side of the square the model sees, in pixels.
-    image_size: int = 224
+    # What the model sees, in pixels: one side for a square (knee crops), or [height, width] for tall films
+    # (e.g. [512, 192] for full-spine AP films, about 2.6:1). With model.aspect=data, one side whose square's
+    # pixel count the data's shape keeps.
+    image_size: int | list[int] = 224
+    # "fixed": model.image_size as given; "data": the training split's median height:width (recorded by
+    # `spine-hf data convert`) at about model.image_size^2 pixels, each side a multiple of the backbone's
+    # stride or patch size. The chosen shape is printed and saved in the resolved config.
+    aspect: str = "fixed"
     # Dropout before the classifier.
     drop_rate: float = 0.0
     # Stochastic depth, for models that support it.
@@ -115,7 +123,20 @@ class ModelConfig:
 
     def __post_init__(self):
         _check(self.library in LIBRARIES, f"model.library must be one of {LIBRARIES}, not {self.library!r}")
-        _check(self.image_size >= 16, "model.image_size must be at least 16")
+        size = self.image_size
+        if isinstance(size, list) and len(size) == 1:
+            size = self.image_size = size[0]
+        sides = [size] if isinstance(size, int) else size
+        _check(
+            len(sides) == 2 or isinstance(size, int),
+            f"model.image_size must be one side or [height, width], not {size!r}",
+        )
+        _check(all(isinstance(s, int) and s >= 16 for s in sides), "model.image_size: every side must be at least 16")
+        _check(self.aspect in ASPECTS, f"model.aspect must be one of {ASPECTS}, not {self.aspect!r}")
+        _check(
+            self.aspect == "fixed" or isinstance(size, int),
+            "model.aspect=data takes one side in model.image_size (the pixel count of its square), not [height, width]",
+        )
         _check(0 <= self.drop_rate < 1 and 0 <= self.drop_path_rate < 1, "model drop rates must be in [0, 1)")
 
 
@@ -182,10 +203,13 @@ class TrainConfig:
     overwrite: bool = False
     # Write a tensorboard log under output_dir/logs.
     tensorboard: bool = False
-    # Fit the whole run into this many minutes (0 = off): the first epoch is timed with its evaluation,
-    # then train.epochs is lowered to what fits (setup and the test split included) and the warmup +
-    # cosine schedule is laid over those epochs, so it completes on any machine instead of being cut.
+    # Fit the whole run into this many minutes (0 = off): after every epoch the schedule's length is set
+    # again to the epochs that fit at the pace measured so far (setup and the test split included), between
+    # train.min_epochs and train.epochs (then an upper bound, not a target), and the warmup + cosine schedule
+    # is laid over them, so the run ends near its budget with the learning rate at its floor on any machine.
     time_budget_minutes: float = 0.0
+    # With a time budget: train at least this many epochs, even where they take longer than the budget.
+    min_epochs: int = 1
     # Stop gracefully after this many minutes of training (0 = no limit), wherever the schedule is; the
     # best model is kept. A hard stop: prefer time_budget_minutes.
     time_limit_minutes: float = 0.0
@@ -195,6 +219,7 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.epochs >= 1 and self.batch_size >= 1 and self.eval_batch_size >= 1, "epochs/batch sizes >= 1")
         _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
+        _check(1 <= self.min_epochs <= self.epochs, "train.min_epochs must be in [1, train.epochs]")
         if self.mixed_precision == "False":  # YAML, so also `--train.mixed_precision=no`, reads a bare no as false
             self.mixed_precision = "no"
         _check(self.mixed_precision in MIXED_PRECISIONS, f"train.mixed_precision must be one of {MIXED_PRECISIONS}")

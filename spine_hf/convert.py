@@ -10,6 +10,8 @@ per row, so no label is inferred from folder names, sorted as a string or droppe
 DICOM files leave nothing of their header behind: the pixels are re-encoded as PNG and the row is
 named after a hash of the pixels, never after the file (whose name may hold a UID or a name).
 
+Each split's image sizes go into ``image_sizes.json`` (`shapes`): the aspect a model input can follow.
+
 Each row carries its patient in the `patient` column, so that cross-validation keeps a patient's
 images in one fold: the id comes from ``ROOT/patients.csv`` (what `split` writes) or a regular
 expression on the file name (`group_regex`, as `split --group-regex`; nothing is read from a DICOM
@@ -45,6 +47,7 @@ from spine_hf.layout import (
 )
 from spine_hf.outputs import staged_folder
 from spine_hf.parallel import map_cpu
+from spine_hf.shapes import mixed_aspect, write_sizes
 from spine_hf.split import patient_ids
 from spine_hf.verify import BURNED_IN_TEXT
 
@@ -67,6 +70,8 @@ class ConvertReport:
     grouping: str = ""
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
+    # split -> the images' height:width, heights and widths (`shapes.summarise`; image_sizes.json in the dataset).
+    sizes: dict = field(default_factory=dict)
 
     @property
     def images(self) -> int:
@@ -84,6 +89,7 @@ class _Staged:
     source: str = ""  # the relative path it came from, for messages
     burned_in_text: bool = False
     patient: str = ""
+    size: tuple[int, int] = (0, 0)  # (height, width) as converted
 
 
 def convert_to_dataset(
@@ -149,6 +155,9 @@ def convert_to_dataset(
         for how in ("kept", "reencoded", "dicom"):
             setattr(report, how, sum(r.how == how for r in rows))
         write_dataset_dict(staging, splits, dataset_features(), f"spine-hf-convert-{os.getpid()}-{time.time_ns()}")
+        report.sizes = write_sizes(staging, {split: [r.size for r in rows if r.split == split] for split in splits})
+        report.problems += [Problem("warning", "mixed_aspect", split, text) for split, summary in report.sizes.items()
+                            if (text := mixed_aspect(summary))]  # fmt: skip
         shutil.rmtree(reencoded)
     if push_to_hub:
         import datasets
@@ -209,7 +218,8 @@ def _stage(entry: ImageEntry, index: int, staging: Path) -> _Staged | Problem:
     if how != "kept":
         data_path = str(staging / f"{index:07d}.png")
         decoded.image.save(data_path, format="PNG", compress_level=1)
-    return _Staged(entry.split, entry.grade, data_path, name, in_split, how, entry.rel, decoded.burned_in_text)
+    return _Staged(entry.split, entry.grade, data_path, name, in_split, how, entry.rel, decoded.burned_in_text,
+                   size=(decoded.image.height, decoded.image.width))  # fmt: skip
 
 
 def _stage_all(entries: list[ImageEntry], staging: Path, workers: int | None) -> list[_Staged | Problem]:

@@ -28,7 +28,8 @@ def grad_cam(predictor: Predictor, image, grade: int | None = None) -> tuple[np.
         features, logits = _features_and_logits(predictor, pixels)
         grade = int(logits.argmax(1)) if grade is None else grade
         (gradient,) = torch.autograd.grad(logits[0, grade], features)
-    maps, grads = _as_grid(features.detach()[0]), _as_grid(gradient[0])
+    shape = pixels.shape[2:]
+    maps, grads = _as_grid(features.detach()[0], shape), _as_grid(gradient[0], shape)
     weights = grads.mean(dim=(1, 2), keepdim=True)
     cam = torch.relu((weights * maps).sum(0)).float().cpu().numpy()
     cam = cam / cam.max() if cam.max() > 0 else cam
@@ -56,11 +57,17 @@ def _features_and_logits(predictor: Predictor, pixels: torch.Tensor) -> tuple[to
     return outputs.hidden_states[-1], outputs.logits
 
 
-def _as_grid(tensor: torch.Tensor) -> torch.Tensor:
-    """C x H x W from a CNN map, or from ViT tokens (N x D, with class/register tokens in front)."""
+def _as_grid(tensor: torch.Tensor, shape) -> torch.Tensor:
+    """C x h x w from a CNN map, or from ViT tokens (N x D, with class/register tokens in front) laid on the patch
+    grid of an input of `shape` (height, width): the rows x columns grid with the input's aspect that the last
+    tokens fill."""
     if tensor.ndim == 3:
         return tensor
     tokens = tensor.shape[0]
-    side = math.isqrt(tokens)  # patches form a square grid; anything beyond it leads the sequence
-    patches = tensor[tokens - side * side :]
-    return patches.T.reshape(-1, side, side)
+    height, width = shape
+    for extra in range(min(tokens, 16)):  # the tokens in front: class, distillation, registers
+        rows = math.isqrt((tokens - extra) * height // width)
+        columns = (tokens - extra) // max(rows, 1)
+        if rows and rows * columns == tokens - extra and rows * width == columns * height:
+            return tensor[extra:].T.reshape(-1, rows, columns)
+    raise ValueError(f"{tokens} tokens do not form a patch grid with the aspect of a {height} x {width} input")

@@ -78,7 +78,7 @@ def export_onnx(
             "opset": OPSET,
             "source": str(model),
             "library": predictor.folder.library,
-            "image_size": predictor.preprocessing.size,
+            "image_size": list(predictor.preprocessing.size),  # [height, width]
             "members": len(predictor.members),
             **({"calibration": {"split": calibration_split, "images": len(calibration)}} if int8 else {}),
             "check": _parity(predictor, Predictor(staging, backend="onnx"), images, labels, checked_on),
@@ -121,8 +121,7 @@ def _export_graph(predictor: Predictor, path: Path) -> None:
                 logits = torch.stack(probabilities).mean(dim=0).log()
             return logits, features
 
-    side = predictor.preprocessing.size
-    example = torch.zeros(2, 3, side, side)
+    example = torch.zeros(2, 3, *predictor.preprocessing.size)
     batch = {"pixel_values": {0: torch.export.Dim("batch")}}
     torch.onnx.export(LogitsAndFeatures().eval(), (example,), str(path), input_names=["pixel_values"],
                       output_names=["logits", "features"], dynamic_shapes=batch, opset_version=OPSET, dynamo=True,
@@ -214,7 +213,7 @@ def _add_card_section(card: Path, report: dict) -> None:
 ## ONNX export
 
 `{ONNX_FILE}` was exported by `spine-hf export` from `{report["source"]}` (ONNX opset {OPSET}, {how}). Input
-`pixel_values` (N x 3 x {report["image_size"]} x {report["image_size"]}, normalised as in
+`pixel_values` (N x 3 x {report["image_size"][0]} x {report["image_size"][1]}, normalised as in
 `config.json`); outputs `logits` and `features`. Checked against PyTorch on {check["count"]} images
 ({check["images"]}): largest probability difference {check["max_abs_probability_difference"]:.2e}, same grade for
 {check["same_grade_share"]:.2%} of them{qwk}. See `{EXPORT_FILE}`.

@@ -3,8 +3,11 @@
 Radiographs are grayscale; models get the canonical 8-bit image repeated to three channels, so
 pretrained RGB weights apply unchanged and `pipeline()` (which always converts to RGB) feeds the
 saved model exactly what it saw in training. Both libraries are given the same preprocessing
-(`preprocessing.Preprocessing`): the whole image squashed to ``image_size x image_size``,
-bilinear, then the backbone's mean/std. Which library builds a name is `resolve_library`.
+(`preprocessing.Preprocessing`): the whole image resized to ``image_size`` (one side for a square,
+or [height, width] for tall films), bilinear, then the backbone's mean/std. A backbone whose
+architecture depends on the input shape (a vision transformer's patch grid) is built at that shape,
+its pretrained position embeddings interpolated once, so the saved folder loads at it without any
+flag. Which library builds a name is `resolve_library`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from torch import nn
 
 from spine_hf.config import ConfigError, ModelConfig
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
-from spine_hf.preprocessing import Preprocessing
+from spine_hf.preprocessing import Preprocessing, as_shape, shape_name
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +81,15 @@ def _build_timm(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
     kwargs.setdefault("drop_rate", cfg.drop_rate)
     if cfg.drop_path_rate:
         kwargs.setdefault("drop_path_rate", cfg.drop_path_rate)
+    height, width = as_shape(cfg.image_size)
     try:
         model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=NUM_GRADES, **kwargs)
+        grid = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if grid is not None and tuple(grid) != (height, width) and "img_size" not in kwargs:
+            # A vision transformer's patch grid is part of the model: build it at the input shape (timm resamples
+            # pretrained position embeddings as it loads them), and timm records img_size in the saved config.
+            model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=NUM_GRADES, img_size=(height, width),
+                                      **kwargs)  # fmt: skip
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ConfigError(f"model.name {cfg.name!r} is not a timm model; check timm.list_models()") from err
@@ -90,7 +100,7 @@ def _build_timm(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     model.pretrained_cfg = {
         **model.pretrained_cfg,
-        "input_size": (3, cfg.image_size, cfg.image_size),
+        "input_size": (3, height, width),
         "crop_pct": 1.0,
         "crop_mode": "squash",
         "interpolation": "bilinear",
@@ -98,7 +108,7 @@ def _build_timm(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
         "std": std,
         "label_names": list(GRADE_NAMES),
     }
-    return model, Preprocessing(cfg.image_size, mean, std)
+    return model, Preprocessing((height, width), mean, std)
 
 
 def _build_transformers(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
@@ -106,6 +116,7 @@ def _build_transformers(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
 
     labels = {"id2label": dict(enumerate(GRADE_NAMES)), "label2id": {n: i for i, n in enumerate(GRADE_NAMES)}}
     overrides = dict(cfg.overrides)
+    shape = as_shape(cfg.image_size)
     if cfg.drop_rate:
         overrides.setdefault("hidden_dropout_prob", cfg.drop_rate)
     if cfg.pretrained:
@@ -121,6 +132,11 @@ def _build_transformers(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         except (OSError, ValueError, AttributeError):
             mean, std = IMAGENET_MEAN, IMAGENET_STD
+        if "image_size" not in overrides and as_shape(getattr(model.config, "image_size", shape)) != shape:
+            if _position_embeddings(model) is not None:
+                resize_position_embeddings(model, shape)
+            else:  # no learnt positions (a convolutional backbone such as ConvNeXt): any shape, as recorded
+                model.config.image_size = _config_size(shape)
     else:
         try:
             config = AutoConfig.for_model(cfg.name, num_labels=NUM_GRADES, **labels, **overrides)
@@ -130,13 +146,54 @@ def _build_transformers(cfg: ModelConfig) -> tuple[nn.Module, Preprocessing]:
                 "pretrained=false give a type such as 'vit', or set pretrained=true for a checkpoint"
             ) from err
         if hasattr(config, "image_size") and "image_size" not in overrides:
-            config.image_size = cfg.image_size
+            config.image_size = _config_size(shape)
         model = AutoModelForImageClassification.from_config(config)
         mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    expected = getattr(model.config, "image_size", cfg.image_size)
-    if isinstance(expected, int) and expected != cfg.image_size:
+    expected = getattr(model.config, "image_size", None)
+    if expected is not None and as_shape(expected) != shape:
         raise ConfigError(
-            f"{cfg.name} is built for {expected}-pixel images; set model.image_size={expected} "
+            f"{cfg.name} is built for {shape_name(as_shape(expected))}-pixel images; set model.image_size to that "
             f"(or model.overrides.image_size when training from scratch)"
         )
-    return HFClassifier(model), Preprocessing(cfg.image_size, mean, std)
+    return HFClassifier(model), Preprocessing(shape, mean, std)
+
+
+def _config_size(shape: tuple[int, int]) -> int | list[int]:
+    """How a transformers config records an input shape: one int for a square (as checkpoints do), else [H, W]."""
+    return shape[0] if shape[0] == shape[1] else list(shape)
+
+
+def _position_embeddings(model: nn.Module) -> nn.Parameter | None:
+    """The learnt position embeddings of a ViT-style transformers model (1 x (extra + gh * gw) x D), or None."""
+    embeddings = getattr(getattr(model, model.base_model_prefix, model), "embeddings", None)
+    found = getattr(embeddings, "position_embeddings", None)
+    return found if isinstance(found, nn.Parameter) and found.ndim == 3 else None
+
+
+def resize_position_embeddings(model: nn.Module, shape: tuple[int, int]) -> None:
+    """Move a pretrained ViT-style model to input `shape` (height, width), once: its position embeddings
+    interpolated (bicubic) from the checkpoint's square patch grid to the new grid, and its config and patch
+    embedding set to the shape, so the model saves and loads at the new shape with no extra flag."""
+    import torch.nn.functional as F
+
+    config = model.config
+    patch = as_shape(config.patch_size)
+    old_grid = tuple(s // p for s, p in zip(as_shape(config.image_size), patch, strict=True))
+    new_grid = tuple(s // p for s, p in zip(shape, patch, strict=True))
+    if any(s % p for s, p in zip(shape, patch, strict=True)):
+        raise ConfigError(f"model.image_size {shape_name(shape)} is not a multiple of the patch size {patch}")
+    table = _position_embeddings(model)
+    extra = table.shape[1] - old_grid[0] * old_grid[1]  # the class (and distillation/register) tokens in front
+    grid = table[:, extra:].reshape(1, *old_grid, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    moved = torch.cat([table[:, :extra].float(), grid.permute(0, 2, 3, 1).reshape(1, -1, table.shape[-1])], dim=1)
+    embeddings = getattr(model, model.base_model_prefix).embeddings
+    embeddings.position_embeddings = nn.Parameter(moved.to(table.dtype))
+    config.image_size = _config_size(shape)
+    # The modules keep their own copies of the shape, which their forward checks the input against.
+    for module in (embeddings, getattr(embeddings, "patch_embeddings", None)):
+        if hasattr(module, "image_size"):
+            module.image_size = tuple(shape)
+        if hasattr(module, "num_patches"):
+            module.num_patches = new_grid[0] * new_grid[1]
+    logger.info("position embeddings interpolated from a %s to a %s patch grid", old_grid, new_grid)

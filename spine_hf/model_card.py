@@ -10,6 +10,7 @@ from pathlib import Path
 
 from spine_hf.config import Config
 from spine_hf.grades import GRADE_NAMES
+from spine_hf.preprocessing import as_shape
 
 DISCLAIMER = "Research use only: this model is not a medical device"
 
@@ -68,7 +69,7 @@ Clinical decisions of any kind; images of other body parts, views or modalities 
 data; populations, scanners or grading conventions the training data did not cover.
 
 ## Training data
-`{cfg.data.dataset}` (split `{cfg.data.train_split}`), {cfg.model.image_size} px, backbone `{cfg.model.name}`
+`{cfg.data.dataset}` (split `{cfg.data.train_split}`), {_size_text(cfg.model.image_size)}, backbone `{cfg.model.name}`
 ({"pretrained" if cfg.model.pretrained else "trained from scratch"}), loss `{cfg.optim.loss}`,
 {cfg.train.epochs} epochs. The full resolved configuration is in `spine_hf_config.yaml`.
 
@@ -152,3 +153,9 @@ range of the {folds} folds' own values):
 {rows}
 """
     return card.rstrip("\n") + "\n" + section
+
+
+def _size_text(image_size) -> str:
+    """The input size in words: "224 px" for a square, "512 x 192 px (height x width)" for a tall one."""
+    height, width = as_shape(image_size)
+    return f"{height} px" if height == width else f"{height} x {width} px (height x width)"

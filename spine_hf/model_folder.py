@@ -85,15 +85,19 @@ class ModelFolder:
         trust = {"grade_ranges": GradeRanges.load(path), "referral": Referral.load(path), "members": _members(path)}
         if "pretrained_cfg" in config:
             cfg = config["pretrained_cfg"]
-            preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
+            size = (int(cfg["input_size"][-2]), int(cfg["input_size"][-1]))
+            preprocessing = Preprocessing(size, tuple(cfg["mean"]), tuple(cfg["std"]))
             labels = tuple(config.get("label_names", ()))
             return cls(path, "timm", preprocessing, cfg.get("classifier", "classifier"), labels, **trust)
         id2label = config.get("id2label", {})
         labels = tuple(id2label[str(i)] for i in range(len(id2label)) if str(i) in id2label)
         processor = json.loads((path / "preprocessor_config.json").read_text())
         size = processor["size"]
-        side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
-        preprocessing = Preprocessing(int(side), tuple(processor["image_mean"]), tuple(processor["image_std"]))
+        if isinstance(size, dict) and "height" in size:
+            size = (int(size["height"]), int(size.get("width", size["height"])))
+        else:
+            size = int(size.get("shortest_edge") if isinstance(size, dict) else size)
+        preprocessing = Preprocessing(size, tuple(processor["image_mean"]), tuple(processor["image_std"]))
         return cls(path, "transformers", preprocessing, "classifier", labels, **trust)
 
     def member_folders(self) -> list[ModelFolder]:
@@ -118,7 +122,7 @@ class ModelFolder:
         return (self.path / ONNX_FILE).is_file()
 
     def load_model(self) -> nn.Module:
-        """The folder as a torch module from pixels (N x 3 x S x S) to logits (N x 5), as `build_model`
+        """The folder as a torch module from pixels (N x 3 x H x W) to logits (N x 5), as `build_model`
         builds it: the timm model itself (loaded by timm), or a transformers model in `HFClassifier`."""
         if not self.has_weights:
             hint = "; it is an ONNX export: use the onnx backend" if self.has_onnx else ""
@@ -296,10 +300,10 @@ def _save_transformers(hf_model: nn.Module, preprocessing: Preprocessing, out_di
 
     state_dict = {key: tensor.detach().contiguous() for key, tensor in state_dict.items()}
     hf_model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
-    # A plain resize + normalise processor: the same squash-to-square the training used.
+    # A plain resize + normalise processor: the same resize to (height, width), no crop, that training used.
     processor = ViTImageProcessor(
         do_resize=True,
-        size={"height": preprocessing.size, "width": preprocessing.size},
+        size={"height": preprocessing.height, "width": preprocessing.width},
         resample=2,  # PIL bilinear
         image_mean=list(preprocessing.mean),
         image_std=list(preprocessing.std),

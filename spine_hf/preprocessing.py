@@ -1,9 +1,10 @@
 """What a model expects of its pixels, and the one resize and normalisation that give it that.
 
-Training, evaluation, the Predictor and `pipeline()` all see the same thing: the canonical 8-bit
-image squashed to a square of `size` pixels (bilinear, no crop: the edge of a radiograph can hold
-the finding), scaled to 0..1, repeated to three channels (so pretrained RGB weights apply) and
-normalised with the backbone's mean and std per channel. `normalise` does that to torch tensors
+Training, evaluation, the Predictor and `pipeline()` all see the same thing: the canonical 8-bit image
+resized to the model's input shape, `size` = (height, width) pixels (bilinear, no crop and no padding:
+the edge of a radiograph can hold the finding; a square for square films such as knee crops, a tall
+rectangle for spine films), scaled to 0..1, repeated to three channels (so pretrained RGB weights apply)
+and normalised with the backbone's mean and std per channel. `normalise` does that to torch tensors
 (training, on any device), `normalise_array` to numpy arrays with the same float32 operations, so the
 ONNX Runtime path of the Predictor never needs torch.
 """
@@ -20,26 +21,56 @@ if TYPE_CHECKING:
     import torch
 
 
-def square(image: Image.Image, side: int) -> np.ndarray:
-    """A canonical image squashed to ``side x side`` as uint8: the one resize of training, evaluation and
-    inference (training squares are a little larger than the model input, for random crops)."""
-    return np.array(image.resize((side, side), Image.Resampling.BILINEAR))  # a writable copy
+Shape = tuple[int, int]  # (height, width) in pixels
+
+
+def as_shape(size: int | Shape | list[int]) -> Shape:
+    """(height, width) of a model input size: one side (a square) or [height, width]."""
+    if isinstance(size, int):
+        return size, size
+    height, width = (int(side) for side in size)
+    return height, width
+
+
+def shape_name(shape: Shape) -> str:
+    """How files and messages name a shape: "224" for a square, "512x192" (height x width) otherwise."""
+    return str(shape[0]) if shape[0] == shape[1] else f"{shape[0]}x{shape[1]}"
+
+
+def square(image: Image.Image, shape: int | Shape) -> np.ndarray:
+    """A canonical image resized to `shape` (one side, or (height, width)) as uint8 (H x W): the one resize of
+    training, evaluation and inference (training images are a little larger than the model input, for
+    random crops). Named for the squares it made before inputs could be tall."""
+    height, width = as_shape(shape)
+    return np.array(image.resize((width, height), Image.Resampling.BILINEAR))  # a writable copy
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What the model expects: a square of `size` pixels, normalised with `mean`/`std` per channel."""
+    """What the model expects: `size` = (height, width) pixels (one int means a square), normalised with
+    `mean`/`std` per channel."""
 
-    size: int
+    size: Shape
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def square(self, image: Image.Image, side: int | None = None) -> np.ndarray:
-        """`square` at `side` pixels, by default the model's `size`."""
-        return square(image, side or self.size)
+    def __post_init__(self):
+        object.__setattr__(self, "size", as_shape(self.size))
+
+    @property
+    def height(self) -> int:
+        return self.size[0]
+
+    @property
+    def width(self) -> int:
+        return self.size[1]
+
+    def square(self, image: Image.Image, shape: int | Shape | None = None) -> np.ndarray:
+        """`square` at `shape`, by default the model's `size`."""
+        return square(image, shape or self.size)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Model input (B x 3 x S x S float) from gray squares (B x 1 x S x S: uint8, or floats in 0..1)."""
+        """Model input (B x 3 x H x W float) from gray images (B x 1 x H x W: uint8, or floats in 0..1)."""
         import torch
 
         if pixels.dtype == torch.uint8:
@@ -53,7 +84,7 @@ class Preprocessing:
         return batch
 
     def normalise_array(self, squares: np.ndarray) -> np.ndarray:
-        """`normalise` for numpy: model input (B x 3 x S x S float32) from gray uint8 squares (B x S x S), the
+        """`normalise` for numpy: model input (B x 3 x H x W float32) from gray uint8 images (B x H x W), the
         same float32 operations in the same order, so both give the same numbers to the last bit."""
         pixels = np.divide(squares, np.float32(255), dtype=np.float32)
         batch = np.empty((squares.shape[0], 3, *squares.shape[1:]), dtype=np.float32)

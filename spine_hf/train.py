@@ -49,8 +49,9 @@ from spine_hf.metrics import load_grading_metric
 from spine_hf.model import build_model, resolve_precision
 from spine_hf.model_folder import load_weights, save_for_hub
 from spine_hf.optim import WarmupCosine, make_optimizer
-from spine_hf.preprocessing import Preprocessing
-from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader, pooled_images, train_side
+from spine_hf.preprocessing import Preprocessing, as_shape
+from spine_hf.shapes import resolve_shape
+from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader, pooled_images, train_shape
 
 
 @dataclass
@@ -79,6 +80,11 @@ class Run:
     state: TrainState
     # When `prepare` started (time.monotonic), for train.time_budget_minutes.
     started: float
+    # Whether a time budget re-fits the schedule after every epoch (a resumed run finishes the schedule it had).
+    refit: bool = True
+    # When `fit` started, and the epochs done by then (what saving models and checkpoints adds to each epoch).
+    fit_started: float = 0.0
+    fit_epoch: int = 0
 
     @property
     def epochs(self) -> int:
@@ -99,7 +105,8 @@ def fit(run: Run, after_epoch: Callable[[Run], None] | None = None) -> dict:
     epoch's record is kept; it may change the length of the run (`bench quality` refits the schedule there:
     set `run.state.epochs` and `run.schedule.epochs` together, as a time budget does)."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
-    started = time.monotonic()
+    started = run.fit_started = time.monotonic()
+    run.fit_epoch = state.epoch
     while state.epoch < run.epochs:
         epoch = state.epoch
         epoch_start = time.monotonic()
@@ -114,16 +121,16 @@ def fit(run: Run, after_epoch: Callable[[Run], None] | None = None) -> dict:
             "lr": run.scheduler.get_last_lr()[0],
             "seconds": round(time.monotonic() - epoch_start, 1),
             "train_seconds": round(train_seconds, 2),  # the training part alone, without evaluation
-            "side": run.augment.size,  # of the training images (data.progressive_scale)
+            "side": max(run.augment.size),  # of the training images (data.progressive_scale); the longer one
+            "shape": list(run.augment.size),  # (height, width)
             cfg.data.eval_split: metrics,
         }
         improved = state.end_epoch(record, metrics["qwk"])
         if improved:
             _save_best(run, record, predictions)
         _log_epoch(run, record, improved)
-        if cfg.train.time_budget_minutes and state.epochs is None:
-            epoch_seconds = time.monotonic() - epoch_start
-            _fit_to_budget(run, epoch_seconds, epoch_seconds - train_seconds)
+        if cfg.train.time_budget_minutes and (run.refit or state.epochs is None):
+            _fit_to_budget(run)
         if after_epoch is not None:
             after_epoch(run)
         patience_over = bool(cfg.train.patience) and state.bad_epochs >= cfg.train.patience
@@ -178,6 +185,11 @@ def prepare(cfg: Config, fold: FoldRows | None = None, teacher=None, teacher_wei
         if split and split not in dataset:
             raise ConfigError(f"{cfg.data.dataset} has no split {split!r} (it has {sorted(dataset)})")
     load_seconds = time.monotonic() - load_start
+    asked = cfg.model.aspect
+    cfg = resolve_shape(cfg, dataset, cfg.data.dataset)  # model.aspect=data: the training images' median aspect
+    height, width = as_shape(cfg.model.image_size)
+    accelerator.print(f"model input: {height} x {width} px (height x width)"
+                      + (f", the {cfg.data.train_split} images' median aspect" if asked == "data" else ""))  # fmt: skip
     model, preprocessing = build_model(cfg.model)
     cache_start = time.monotonic()
     with accelerator.local_main_process_first():  # one process per machine decodes; the others map its cache
@@ -228,7 +240,8 @@ def prepare(cfg: Config, fold: FoldRows | None = None, teacher=None, teacher_wei
     scored = ema.module if ema is not None else model
     augment = BatchAugment(cfg.data, preprocessing)
     return Run(cfg, out, accelerator, model, scored, ema, optimizer, scheduler, loss_fn, metric, train_loader,
-               eval_loader, augment, schedule, dataset, preprocessing, state, started)  # fmt: skip
+               eval_loader, augment, schedule, dataset, preprocessing, state, started,
+               refit=not cfg.train.resume)  # fmt: skip
 
 
 def train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
@@ -237,7 +250,7 @@ def train_epoch(run: Run, epoch: int, started: float) -> tuple[float, bool]:
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     run.model.train()
     run.train_loader.set_epoch(epoch)
-    run.augment.size = side(cfg, epoch, run.epochs)
+    run.augment.size = shape(cfg, epoch, run.epochs)
     batches = run.train_loader
     if state.batches_in_epoch:  # resumed mid-epoch: the same order, minus what was done
         batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
@@ -336,44 +349,67 @@ def mixed_precision(precision: str) -> str | None:
     return "no" if resolved == "fp32" else resolved
 
 
-def _fit_to_budget(run: Run, epoch_seconds: float, eval_seconds: float) -> None:
-    """After the first epoch: the epochs that fit in train.time_budget_minutes, for the schedule and the loop."""
+def _fit_to_budget(run: Run) -> None:
+    """After each epoch: the schedule laid over the epochs that fit in what is left of train.time_budget_minutes, at
+    the pace measured so far, for the scheduler and the loop. An epoch at a shape already trained at is assumed to
+    cost what such epochs cost on average; one at a larger shape (progressive resizing) the cost of the nearest
+    smaller one scaled with the pixels, an upper bound that the next re-fit replaces with what it measures. Between
+    train.min_epochs and train.epochs; a schedule that has reached its last epoch is never lengthened (its
+    learning rate is at its floor)."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     left = 60 * cfg.train.time_budget_minutes - (time.monotonic() - run.started)
+    history = state.history
+    eval_seconds = float(np.mean([record["seconds"] - record["train_seconds"] for record in history]))
     test_rows = len(run.dataset[cfg.data.test_split]) if cfg.data.test_split else 0
     # The wrap-up scores the test split (at the validation split's pace) and writes results.
     wrap_up = 2 * eval_seconds * test_rows / max(len(run.eval_loader.dataset), 1) + 5
-    timed_side, train_seconds = run.augment.size, epoch_seconds - eval_seconds
+    paces: dict[tuple[int, int], list[float]] = {}
+    for record in history:
+        paces.setdefault(tuple(record.get("shape") or (record["side"],) * 2), []).append(record["train_seconds"])
+    measured = {shape: float(np.mean(seconds)) for shape, seconds in paces.items()}
+    # Saving the best model and checkpoints happens outside an epoch's seconds: spread it over them.
+    recorded = sum(record["seconds"] for record in history[run.fit_epoch :])
+    overhead = max(1.0, (time.monotonic() - run.fit_started) / recorded) if recorded > 0 else 1.0
 
-    def seconds_at(side: int) -> float:  # training cost grows with the pixels (an upper bound for a convnet)
-        return 1.05 * (train_seconds * (side / timed_side) ** 2 + eval_seconds)  # 5 %: epochs vary
+    def seconds_at(shape: tuple[int, int]) -> float:
+        if shape in measured:
+            return 1.02 * overhead * (measured[shape] + eval_seconds)  # 2 %: epochs vary
+        pixels = shape[0] * shape[1]
+        below = [s for s in measured if s[0] * s[1] <= pixels] or list(measured)
+        nearest = max(below, key=lambda s: s[0] * s[1])
+        return 1.05 * overhead * (measured[nearest] * pixels / (nearest[0] * nearest[1]) + eval_seconds)
 
-    epochs = fitting_epochs(cfg, seconds_at, left - wrap_up, state.epoch)
+    done, before = state.epoch, run.epochs
+    epochs = max(fitting_epochs(cfg, seconds_at, left - wrap_up, done), min(cfg.train.min_epochs, cfg.train.epochs))
+    if done >= before:  # the schedule has ended: its last epoch trained at the floor learning rate
+        epochs = before
     # Every process must train the same epochs: take the smallest answer.
     epochs = int(accelerator.gather(torch.tensor([epochs], device=accelerator.device)).min())
     state.epochs = run.schedule.epochs = epochs
-    accelerator.print(
-        f"time budget {cfg.train.time_budget_minutes:g} min: epoch {state.epoch} took {epoch_seconds:.0f} s with "
-        f"its evaluation, {left / 60:.1f} min are left: the schedule runs over {epochs} epochs "
-        f"(train.epochs {cfg.train.epochs})"
-    )
+    if epochs != before or done == 1:
+        accelerator.print(
+            f"time budget {cfg.train.time_budget_minutes:g} min: {done} epochs took {history[-1]['seconds']:.0f} s "
+            f"the last, {left / 60:.1f} min are left: the schedule runs over {epochs} epochs "
+            f"(train.min_epochs {cfg.train.min_epochs}, train.epochs {cfg.train.epochs})"
+        )
 
 
-def side(cfg: Config, epoch: int, epochs: int) -> int:
-    """The side of the training images in `epoch` of `epochs` (data.progressive_scale: rising to model.image_size)."""
+def shape(cfg: Config, epoch: int, epochs: int) -> tuple[int, int]:
+    """(height, width) of the training images in `epoch` of `epochs` (data.progressive_scale: rising to
+    model.image_size)."""
     data = cfg.data
-    return train_side(epoch, epochs, cfg.model.image_size, data.progressive_scale, data.progressive_until,
-                      data.progressive_max_epochs)  # fmt: skip
+    return train_shape(epoch, epochs, as_shape(cfg.model.image_size), data.progressive_scale, data.progressive_until,
+                       data.progressive_max_epochs)  # fmt: skip
 
 
 def fitting_epochs(cfg: Config, seconds_at, seconds: float, done: int = 0) -> int:
     """The most epochs (at least `done`, at most train.epochs) whose epochs after the first `done` fit in
-    `seconds`, when an epoch at side s takes `seconds_at(s)` (the sides depend on the epoch count)."""
-    fitting, cheapest = done, seconds_at(side(cfg, 0, cfg.train.epochs))  # the first epoch's side is the smallest
+    `seconds`, when an epoch at shape s (height, width) takes `seconds_at(s)` (the shapes depend on the epoch count)."""
+    fitting, cheapest = done, seconds_at(shape(cfg, 0, cfg.train.epochs))  # the first epoch's shape is the smallest
     for epochs in range(done + 1, cfg.train.epochs + 1):
         if (epochs - done) * cheapest > seconds:  # no longer schedule can fit
             break
-        if sum(seconds_at(side(cfg, epoch, epochs)) for epoch in range(done, epochs)) <= seconds:
+        if sum(seconds_at(shape(cfg, epoch, epochs)) for epoch in range(done, epochs)) <= seconds:
             fitting = epochs
     return fitting
 

@@ -1,7 +1,7 @@
 """Dataset rows -> model-ready tensors, fast enough that the model sets the pace.
 
 Each image is decoded once per split and side, with the project's decoder, into the decoded cache
-(`square_cache`): uint8 squares of ``image_size`` for evaluation (exactly what `pipeline()` does
+(`square_cache`): uint8 images of ``image_size`` (height x width) for evaluation (exactly what `pipeline()` does
 with the saved model) and a little larger for training, where random crops cut them down. Every
 process maps that one file, so the loader only copies squares out of it and ships uint8 batches
 (a quarter of the bytes of float32; pinned on CUDA) to the device.
@@ -13,7 +13,9 @@ can be turned off where laterality matters. It runs on the training device, afte
 affine sampling grid + `grid_sample` over the batch, so even on a small CPU it costs a few percent
 of a training step (per-image torchvision transforms cost about a tenth), and on a GPU next to nothing.
 With progressive resizing (`data.progressive_scale`) the early epochs sample smaller crops from the
-same squares (`train_side`), so they cost a fraction of the later ones.
+same images, both sides scaled alike (`train_shape`), so they cost a fraction of the later ones. A
+tall input (spine films) keeps its aspect through every step: the crops' aspect is drawn around the
+target's and rotations are rotations in pixels, not in the stretched -1..1 grid.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from spine_hf.config import DataConfig
 from spine_hf.grades import NUM_GRADES
-from spine_hf.preprocessing import Preprocessing
+from spine_hf.preprocessing import Preprocessing, Shape, as_shape
 from spine_hf.square_cache import default_cache_folder, open_squares
 
 # Training squares are this much larger than the model input, so that crops have room.
@@ -38,7 +40,7 @@ SIDE_STEP = 16
 
 
 class GradeImages(Dataset):
-    """(uint8 square 1 x S x S, grade) pairs from one split of a converted dataset, read from the decoded cache.
+    """(uint8 image 1 x H x W, grade) pairs from one split of a converted dataset, read from the decoded cache.
 
     Building one decodes the split into the cache unless a valid cache is there already; in several
     processes, build it in one first (`accelerator.local_main_process_first()`) and the others map it.
@@ -50,8 +52,8 @@ class GradeImages(Dataset):
         self.labels = [int(v) for v in split["label"]]
         self.train = train
         self.preprocessing = preprocessing
-        self.side = round(preprocessing.size * TRAIN_MARGIN) if train else preprocessing.size
-        cache = open_squares(split, self.side, cfg.cache_dir or default_cache_folder(split))
+        self.shape = tuple(round(side * TRAIN_MARGIN) for side in preprocessing.size) if train else preprocessing.size
+        cache = open_squares(split, self.shape, cfg.cache_dir or default_cache_folder(split))
         self.cache_path, self._squares = cache.path, cache.squares
         # Images this object decoded (0 when it mapped an existing cache), and how long that took.
         self.decoded, self.decode_seconds = cache.decoded, cache.seconds
@@ -105,7 +107,7 @@ def pooled_images(dataset, rows: Sequence[tuple[str, int]], preprocessing: Prepr
 
 
 def collate_squares(rows: Sequence[tuple]) -> tuple[torch.Tensor, ...]:
-    """A batch of uint8 squares (B x 1 x S x S) and their grades, plus the teacher's probabilities (B x 5) when
+    """A batch of uint8 images (B x 1 x H x W) and their grades, plus the teacher's probabilities (B x 5) when
     the items carry them: what the loader ships to the device."""
     batch = torch.stack([row[0] for row in rows]), torch.tensor([row[1] for row in rows], dtype=torch.long)
     if len(rows[0]) > 2:
@@ -114,15 +116,17 @@ def collate_squares(rows: Sequence[tuple]) -> tuple[torch.Tensor, ...]:
 
 
 class BatchAugment:
-    """Augment and normalise a batch of uint8 squares where it lies (B x 1 x S x S -> B x 3 x size x size).
+    """Augment and normalise a batch of uint8 images where it lies (B x 1 x H' x W' -> B x 3 x H x W, `size`).
 
-    Per image: a crop of `min_scale`..1 of the area with aspect 0.8..1.25 (as RandomResizedCrop), a
-    rotation of up to `rotate` degrees (`full_side_min_scale` and `full_side_rotate`, when set, once
-    `size` is the model's input size), a horizontal flip (when `hflip`), then brightness and contrast
-    factors in 1 +- `intensity` (as ColorJitter). The crop, rotation and flip of every image are one
-    affine map, applied to the whole batch by a single bilinear `grid_sample` (zeros outside the
-    image, like a rotated radiograph's corners). The random numbers are drawn on the CPU from torch's
-    global generator, whose state accelerate checkpoints, so a resumed run draws the same augmentations
+    Per image: a crop of `min_scale`..1 of the area with aspect 0.8..1.25 times the image's own (as
+    RandomResizedCrop; the input and `size` have the same aspect, so a crop keeps the target's within that),
+    a rotation of up to `rotate` degrees (`full_side_min_scale` and `full_side_rotate`, when set, once
+    `size` is the model's input size; a rotation of the pixels, also on a tall grid), a horizontal flip
+    (when `hflip`), then brightness and contrast factors in 1 +- `intensity` (as ColorJitter). The crop,
+    rotation and flip of every image are one affine map, applied to the whole batch by a single bilinear
+    `grid_sample` (zeros outside the image, like a rotated radiograph's corners). The random numbers are
+    drawn on the CPU from torch's global generator, whose state accelerate checkpoints, so a resumed run
+    draws the same augmentations
     on any device; only the sampling runs on the batch's device.
     """
 
@@ -131,10 +135,22 @@ class BatchAugment:
         self.preprocessing = preprocessing
         self.size = preprocessing.size
 
+    @property
+    def size(self) -> Shape:
+        """(height, width) of the images it makes: the model's input, or less in progressive resizing's early epochs."""
+        return self._size
+
+    @size.setter
+    def size(self, size: int | Shape) -> None:
+        self._size = as_shape(size)
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         device = images.device
-        images = images.float().div_(255)  # B x 1 x S x S
+        images = images.float().div_(255)  # B x 1 x H' x W'
         count, cfg = len(images), self.cfg
+        # -1..1 spans both sides: a rotation in pixels is one in these coordinates only after scaling y by
+        # height / width (tall) or x by its inverse.
+        tall = images.shape[2] / images.shape[3]
         width, height = self._crop_sizes(count)
         # Centre anywhere that keeps the crop inside the square (normalised coordinates, -1..1).
         centre_x = (1 - width) * torch.empty(count).uniform_(-1, 1)
@@ -143,12 +159,13 @@ class BatchAugment:
         angle = torch.empty(count).uniform_(-rotate, rotate) * (math.pi / 180)
         flip = torch.where(torch.rand(count) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(count)
         cos, sin = torch.cos(angle), torch.sin(angle)
-        # input = R(angle) . (diag(width * flip, height) . output + centre)
+        # input = R(angle) . (diag(width * flip, height) . output + centre), where R rotates in pixels:
+        # [[cos, -sin * tall], [sin / tall, cos]] in normalised coordinates.
         sx, sy = width * flip, height
         theta = torch.stack(
             [
-                torch.stack([cos * sx, -sin * sy, cos * centre_x - sin * centre_y], dim=1),
-                torch.stack([sin * sx, cos * sy, sin * centre_x + cos * centre_y], dim=1),
+                torch.stack([cos * sx, -sin * tall * sy, cos * centre_x - sin * tall * centre_y], dim=1),
+                torch.stack([sin / tall * sx, cos * sy, sin / tall * centre_x + cos * centre_y], dim=1),
             ],
             dim=1,
         )
@@ -164,10 +181,14 @@ class BatchAugment:
         return self.preprocessing.normalise(out)
 
     def _grid(self, theta: torch.Tensor) -> torch.Tensor:
-        """`F.affine_grid(theta, [B, 1, S, S], align_corners=False)` as two broadcast multiply-adds:
+        """`F.affine_grid(theta, [B, 1, H, W], align_corners=False)` as two broadcast multiply-adds:
         the same sampling points, 3.8 ms instead of 16.5 ms for 32 squares of 224 px on this CPU."""
-        line = (torch.arange(self.size, dtype=torch.float32, device=theta.device) * 2 + 1) / self.size - 1  # centres
-        xs, ys, t = line.view(1, 1, -1), line.view(1, -1, 1), theta.view(-1, 2, 3, 1, 1)
+        height, width = self.size
+
+        def centres(count: int) -> torch.Tensor:
+            return (torch.arange(count, dtype=torch.float32, device=theta.device) * 2 + 1) / count - 1
+
+        xs, ys, t = centres(width).view(1, 1, -1), centres(height).view(1, -1, 1), theta.view(-1, 2, 3, 1, 1)
         x = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]
         y = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
         return torch.stack([x, y], dim=-1)
@@ -175,7 +196,7 @@ class BatchAugment:
     @property
     def at_full_side(self) -> bool:
         """Whether the current side is the model's input size (where the data.full_side_* settings apply)."""
-        return self.size >= self.preprocessing.size
+        return self.size[0] >= self.preprocessing.size[0] and self.size[1] >= self.preprocessing.size[1]
 
     @property
     def min_scale(self) -> float:
@@ -204,6 +225,16 @@ class BatchAugment:
             if not pending.any():
                 break
         return width, height
+
+
+def train_shape(epoch: int, epochs: int, full: Shape, scale: float, until: float, most: int = 0) -> Shape:
+    """The (height, width) of the training images in `epoch` of `epochs`: `train_side` of the longer side of
+    `full`, the shorter one scaled alike (a multiple of `SIDE_STEP`, at least one step), so the aspect holds."""
+    longest = max(full)
+    side = train_side(epoch, epochs, longest, scale, until, most)
+    if side == longest:
+        return tuple(full)
+    return tuple(max(SIDE_STEP, round(s * side / longest / SIDE_STEP) * SIDE_STEP) for s in full)
 
 
 def train_side(epoch: int, epochs: int, full: int, scale: float, until: float, most: int = 0) -> int:

@@ -23,6 +23,7 @@ from spine_hf.grades import NUM_GRADES
 from spine_hf.imaging import ImageDecodeError, decode
 from spine_hf.layout import ImageEntry, Layout, Problem, display_path, read_patients, scan
 from spine_hf.parallel import map_cpu
+from spine_hf.shapes import mixed_aspect, summarise
 
 # Cosine similarity of standardised 32 x 32 thumbnails at or above which two images are near
 # duplicates. Measured on the 4,826 knee radiographs: the closest images of two different patients
@@ -132,6 +133,7 @@ def verify_dataset(
     problems += _quality_problems(readable)
     problems += _format_problems(readable)
     problems += _duplicate_problems(readable, near_duplicate_similarity)
+    problems += _aspect_problems(readable)
     patient_problems, patients = _patient_problems(layout, group_regex)
     problems += patient_problems
     counts: dict[str, list[int]] = {}
@@ -212,6 +214,15 @@ def _inspect(entry: ImageEntry) -> ImageFacts | ImageDecodeError:
         kind=kind,
         burned_in_text=decoded.burned_in_text,
     )
+
+
+def _aspect_problems(facts: dict[ImageEntry, ImageFacts]) -> list[Problem]:
+    """A warning for each split (or the pool) whose aspects look like two kinds of film (`shapes.mixed_aspect`)."""
+    by_split: dict[str, list[tuple[int, int]]] = {}
+    for entry, fact in facts.items():
+        by_split.setdefault(entry.split or "pool", []).append((fact.height, fact.width))
+    found = ((split, mixed_aspect(summarise(sizes))) for split, sizes in sorted(by_split.items()))
+    return [Problem("warning", "mixed_aspect", split, text) for split, text in found if text]
 
 
 def _decode_problems(facts: dict[ImageEntry, ImageFacts | ImageDecodeError]) -> list[Problem]:

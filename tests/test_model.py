@@ -24,7 +24,7 @@ def test_both_libraries_build_a_five_grade_head_with_their_preprocessing():
     hf_model, hf_prep = build_model(vit)
     pixels = torch.zeros(2, 3, 32, 32)
     assert timm_model(pixels).shape == hf_model(pixels).shape == (2, 5)
-    assert timm_prep.size == hf_prep.size == 32 and hf_prep.mean == (0.5, 0.5, 0.5)
+    assert timm_prep.size == hf_prep.size == (32, 32) and hf_prep.mean == (0.5, 0.5, 0.5)
     with pytest.raises(ConfigError, match="not a timm model"):
         build_model(ModelConfig(name="no_such_net_v9", library="timm"))
 
@@ -150,3 +150,33 @@ def test_fine_tuning_a_pretrained_checkpoint_saves_a_folder_that_loads(hub_cache
         decode_image(next(phantom_split.rglob("*.png")))
     )
     assert len(scores) == 5 and {s["label"] for s in scores} == {"Healthy", "Doubtful", "Minimal", "Moderate", "Severe"}
+
+
+def test_a_pretrained_vit_moves_to_a_tall_input_once_and_saves_at_it(hub_cache, tmp_path):
+    """A 32 x 32 checkpoint (a 4 x 4 patch grid) at [48, 16]: the position embeddings are interpolated when the
+    model is built, and the saved folder loads at the new shape with no extra flag."""
+    from transformers import AutoModelForImageClassification
+
+    from spine_hf.config import Config
+    from spine_hf.model_folder import ModelFolder, save_for_hub
+
+    tall = ModelConfig(name="tiny-org/vit-1k", library="transformers", pretrained=True, image_size=[48, 16])
+    cfg = Config(model=tall)
+    model, preprocessing = build_model(cfg.model)
+    table = model.hf_model.vit.embeddings.position_embeddings
+    assert preprocessing.size == (48, 16) and table.shape == (1, 1 + 6 * 2, 32)
+    checkpoint = hub_cache["transformers"]["vit.embeddings.position_embeddings"]
+    assert torch.equal(table[:, 0], checkpoint[:, 0])  # the class token's position is kept as it was
+    grid = checkpoint[0, 1:].reshape(4, 4, 32)
+    # The first column of the new grid comes from the old grid's left half, never the right one.
+    left, right = grid[:, :2].mean(), grid[:, 2:].mean()
+    assert abs(float(table[0, 1:].reshape(6, 2, 32)[:, 0].mean() - left)) < abs(float(left - right))
+    pixels = torch.randn(2, 3, 48, 16)
+    expected = model(pixels)
+    save_for_hub(model, cfg, preprocessing, tmp_path / "tall")
+    assert ModelFolder.read(tmp_path / "tall").preprocessing.size == (48, 16)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "tall").eval()
+    model.eval()
+    assert loaded.config.image_size == [48, 16]
+    assert torch.allclose(loaded(pixel_values=pixels).logits, model(pixels), atol=1e-5)
+    assert not torch.equal(expected, torch.zeros_like(expected))

@@ -58,7 +58,7 @@ def test_folder_loads_in_pipeline_auto_class_and_timm(saved, phantom_pool):
 
     auto = AutoModelForImageClassification.from_pretrained(str(folder)).eval()
     assert auto.config.id2label == dict(enumerate(GRADE_NAMES))
-    pixels = torch.randn(2, 3, preprocessing.size, preprocessing.size)
+    pixels = torch.randn(2, 3, *preprocessing.size)
     with torch.inference_mode():
         expected = model(pixels)
         torch.testing.assert_close(auto(pixel_values=pixels).logits, expected, rtol=1e-4, atol=1e-4)
@@ -100,7 +100,7 @@ def test_load_weights_restores_a_saved_model(saved):
     fresh, _ = build_model(_model_cfg(kind))
     load_weights(fresh, folder)
     fresh.eval()
-    pixels = torch.randn(1, 3, preprocessing.size, preprocessing.size)
+    pixels = torch.randn(1, 3, *preprocessing.size)
     with torch.inference_mode():
         assert np.allclose(fresh(pixels).numpy(), model(pixels).numpy(), atol=1e-5)
 

@@ -80,7 +80,7 @@ def test_the_sampling_grid_and_normalisation_match_torchs_reference():
     torch.manual_seed(4)
     original = BatchAugment._grid
     try:
-        BatchAugment._grid = lambda self, t: F.affine_grid(t, [len(t), 1, self.size, self.size], align_corners=False)
+        BatchAugment._grid = lambda self, t: F.affine_grid(t, [len(t), 1, *self.size], align_corners=False)
         expected, _ = _apply(augment, rows)
     finally:
         BatchAugment._grid = original
