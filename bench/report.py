@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from spine_hf.model import native_bf16, resolve_precision
+from spine_hf.preprocessing import as_shape
 
 
 @dataclass
@@ -106,14 +107,14 @@ def matmul_flops_per_second(dtype: torch.dtype, device: torch.device) -> float:
     return best
 
 
-def forward_flops(model: torch.nn.Module, side: int, device: torch.device) -> float:
-    """FLOPs of one forward pass on one image (torch's counter: 2 per multiply-add)."""
+def forward_flops(model: torch.nn.Module, shape, device: torch.device) -> float:
+    """FLOPs of one forward pass on one image of `shape` (height, width; torch's counter: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, side, side, device=device))
+        model(torch.zeros(1, 3, *as_shape(shape), device=device))
     model.train(was_training)
     return float(counter.get_total_flops())
 

@@ -120,11 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     audit.set_defaults(handler=_audit)
 
-    phantoms = data_commands.add_parser("phantoms", help="synthetic lumbar-spine radiographs of every grade")
+    phantoms = data_commands.add_parser("phantoms", help="synthetic spine radiographs of every grade")
     phantoms.add_argument("out")
     phantoms.add_argument("--per-grade", type=int, default=40)
     phantoms.add_argument("--seed", type=int, default=0)
-    phantoms.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
+    phantoms.add_argument("--view", choices=["lateral", "ap"], default="lateral",
+                          help="lateral lumbar views graded by degeneration (square), or full-spine AP films graded by "
+                               "the Cobb angle of their curve (height:width 2.2-3)")  # fmt: skip
+    phantoms.add_argument("--size", type=int, default=None,
+                          help="pixels: the side of a lateral view (default 256), the height of an AP film "
+                               "(default 512; 1024 or more for full-size films)")  # fmt: skip
     phantoms.add_argument("--share-16bit", type=float, default=0.25, help="fraction written as 16-bit PNG")
     phantoms.set_defaults(handler=_phantoms)
     evaluate = commands.add_parser("evaluate", help="metrics with 95%% intervals, plots and per-image CSV")
@@ -444,13 +449,14 @@ def _audit(args) -> int:
 def _phantoms(args) -> int:
     from spine_hf.phantoms import make_phantoms
 
-    report = make_phantoms(
-        args.out, per_grade=args.per_grade, seed=args.seed, size=args.size, share_16bit=args.share_16bit
-    )
+    size = args.size or (512 if args.view == "ap" else 256)
+    report = make_phantoms(args.out, per_grade=args.per_grade, seed=args.seed, size=size, share_16bit=args.share_16bit,
+                           view=args.view)  # fmt: skip
     print(_grade_table({"images": report.counts}))
     print(
         f"{sum(report.counts)} synthetic phantoms of {report.patients} patients ({report.sixteen_bit} as 16-bit PNG) "
         f"in {report.out}; {report.seconds:.2f} s. Synthetic drawings, not patient images."
+        + (" Each film's Cobb angle (drawn, and as read) is in patients.csv." if args.view == "ap" else "")
     )
     return EXIT_OK
 

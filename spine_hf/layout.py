@@ -196,13 +196,17 @@ def read_patients(root: str | os.PathLike) -> dict[str, str] | None:
         return {row["file"]: row["patient_id"] for row in reader if row.get("patient_id")}
 
 
-def write_patients(root: str | os.PathLike, patients: dict[str, str]) -> Path:
-    """Write ``ROOT/patients.csv`` sorted by file."""
+def write_patients(root: str | os.PathLike, patients: dict[str, str], extra: dict[str, dict] | None = None) -> Path:
+    """Write ``ROOT/patients.csv`` sorted by file; `extra` (file -> {column: value}) adds columns after
+    file,patient_id, which readers of the file ignore."""
     path = Path(root) / PATIENTS_FILE
+    columns = sorted({column for values in (extra or {}).values() for column in values}, key=str)
     with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "patient_id"])
-        writer.writerows(sorted(patients.items()))
+        writer.writerow(["file", "patient_id", *columns])
+        for file, patient in sorted(patients.items()):
+            more = (extra or {}).get(file, {})
+            writer.writerow([file, patient, *(more.get(column, "") for column in columns)])
     return path
 
 

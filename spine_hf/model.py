@@ -13,13 +13,16 @@ flag. Which library builds a name is `resolve_library`.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from spine_hf.config import ConfigError, ModelConfig
+from spine_hf.config import Config, ConfigError, ModelConfig
 from spine_hf.grades import GRADE_NAMES, NUM_GRADES
 from spine_hf.preprocessing import Preprocessing, as_shape, shape_name
+from spine_hf.shapes import CNN_STEP, read_sizes, shape_for, split_sizes, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -197,3 +200,48 @@ def resize_position_embeddings(model: nn.Module, shape: tuple[int, int]) -> None
         if hasattr(module, "num_patches"):
             module.num_patches = new_grid[0] * new_grid[1]
     logger.info("position embeddings interpolated from a %s to a %s patch grid", old_grid, new_grid)
+
+
+def input_stride(model_cfg: ModelConfig) -> int:
+    """What each side of the input should be a multiple of: a vision transformer's patch size, else `CNN_STEP`.
+    Reads the backbone's config, or builds it on the meta device (no weights, no memory)."""
+    if resolve_library(model_cfg) == "transformers":
+        from transformers import AutoConfig
+
+        kwargs = dict(model_cfg.overrides)
+        if model_cfg.pretrained:
+            config = AutoConfig.from_pretrained(model_cfg.name, trust_remote_code=False, **kwargs)
+        else:
+            config = AutoConfig.for_model(model_cfg.name, **kwargs)
+        patch = getattr(config, "patch_size", None)
+        if patch is None or hasattr(config, "hidden_sizes"):  # ConvNeXt and the like: a CNN
+            return CNN_STEP
+        return int(patch[0] if isinstance(patch, list | tuple) else patch)
+    import timm
+
+    name = model_cfg.name.removeprefix("hf-hub:").removeprefix("timm/")
+    with torch.device("meta"):
+        model = timm.create_model(name.split("/")[-1], pretrained=False, **model_cfg.overrides)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None:
+        return int(patch[0] if isinstance(patch, list | tuple) else patch)
+    return CNN_STEP
+
+
+def resolve_shape(cfg: Config, dataset, dataset_folder: str | os.PathLike) -> Config:
+    """`cfg` with model.image_size as [height, width] and model.aspect "fixed" when it asks for the data's aspect
+    (model.aspect "data"): the median height:width of data.train_split (from ``image_sizes.json``, or the image
+    headers of a dataset converted before it was recorded) at about image_size^2 pixels (`shape_for`). Other
+    configs as given."""
+    if cfg.model.aspect != "data":
+        return cfg
+    split = cfg.data.train_split
+    recorded = (read_sizes(dataset_folder) or {}).get(split)
+    summary = recorded or summarise(split_sizes(dataset[split]))
+    aspect, stride = summary["aspect"]["median"], input_stride(cfg.model)
+    shape = shape_for(int(cfg.model.image_size), aspect, stride)
+    logger.info(
+        "model.aspect=data: the %s split's median height:width is %.2f; %d^2 pixels in that aspect, sides multiples "
+        "of %d: model.image_size=[%d, %d]", split, aspect, cfg.model.image_size, stride, *shape,
+    )  # fmt: skip
+    return replace(cfg, model=replace(cfg.model, image_size=list(shape), aspect="fixed"))

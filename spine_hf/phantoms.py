@@ -1,4 +1,5 @@
-"""Synthetic lateral lumbar-spine radiographs with a known severity grade (`spine-hf data phantoms`).
+"""Synthetic spine radiographs with a known severity grade (`spine-hf data phantoms`): lateral lumbar views
+graded by degeneration (here), or full-spine AP films graded by the Cobb angle of a drawn curve (`phantoms_ap`).
 
 These are drawings, not patients: they let every part of the project be run, tested and demonstrated
 without private data. Nothing learned or measured on them says anything about real radiographs.
@@ -15,7 +16,9 @@ bowel gas, a lordotic curve, pose and exposure variation, blur and noise. A cont
 
 Neighbouring grades therefore overlap a little, as they do between human readers. Output is a
 pool ``OUT/grade_N/phXXXXX_a.png`` plus ``OUT/patients.csv``; about a quarter of the patients have a
-second view (``_b``) and a share of the files are 16-bit PNG so that path is always exercised.
+second view (``_b``) and a share of the files are 16-bit PNG so that path is always exercised. AP
+phantoms are `size` pixels high and 2.2-3 times narrower, and patients.csv carries each film's Cobb
+angle as drawn and as read (`cobb_drawn`, `cobb_read`), so that their labels can be checked.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from spine_hf.drawing import blur, inside, local, rounded_box, smooth_noise
 from spine_hf.grades import NUM_GRADES, grade_folder
 from spine_hf.layout import write_patients
 from spine_hf.outputs import staged_folder
+from spine_hf.phantoms_ap import render_ap, sample_ap_anatomy
 
-DESCRIPTION = "Synthetic lumbar-spine phantom made by spine-hf; not an image of a patient."
+DESCRIPTION = "Synthetic spine phantom made by spine-hf; not an image of a patient."
+# What a phantom shows: a lateral lumbar view, or a full-spine AP film.
+VIEWS = ("lateral", "ap")
 # Fraction of each disc's normal height lost at grade 4, per level L1-2 ... L5-S1.
 _LEVEL_WEIGHT = np.array([0.7, 0.8, 0.9, 1.0, 1.0])
 
@@ -55,13 +62,19 @@ def make_phantoms(
     size: int = 256,
     share_16bit: float = 0.25,
     second_view: float = 0.25,
+    view: str = "lateral",
 ) -> PhantomReport:
-    """Write `per_grade` phantoms of each grade into ``OUT/grade_N/`` and ``OUT/patients.csv``.
+    """Write `per_grade` phantoms of each grade into ``OUT/grade_N/`` and ``OUT/patients.csv``: lateral views
+    `size` pixels square, or (`view="ap"`) full-spine AP films `size` pixels high.
 
     The same arguments always give the same files. `OUT` must not hold a previous set.
     """
     if per_grade < 1 or size < 32:
         raise ValueError("per_grade must be at least 1 and size at least 32 pixels")
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, not {view!r}")
+    sample, render = (sample_ap_anatomy, render_ap) if view == "ap" else (_sample_anatomy, render_phantom)
+    extra: dict[str, dict] = {}
     start = time.perf_counter()
     out = Path(out)
     patients: dict[str, str] = {}
@@ -74,17 +87,22 @@ def make_phantoms(
             while counts[grade] < per_grade:
                 patient_number += 1
                 rng = np.random.default_rng([seed, grade, patient_number])
-                anatomy = _sample_anatomy(rng, grade)
+                anatomy = sample(rng, grade)
                 views = 2 if rng.random() < second_view and counts[grade] + 2 <= per_grade else 1
-                for view in "ab"[:views]:
-                    pixels = render_phantom(anatomy, rng, size)
-                    name = f"ph{patient_number:05d}_{view}.png"
+                for letter in "ab"[:views]:
+                    pixels = render(anatomy, rng, size)
+                    name = f"ph{patient_number:05d}_{letter}.png"
                     deep = rng.random() < share_16bit
                     _save_png(folder / name, pixels, deep)
                     sixteen += deep
                     patients[f"{grade_folder(grade)}/{name}"] = f"ph{patient_number:05d}"
+                    if "cobb_read" in anatomy:  # AP films: the angle their grade comes from
+                        extra[f"{grade_folder(grade)}/{name}"] = {
+                            "cobb_drawn": f"{anatomy['cobb_drawn']:.2f}",
+                            "cobb_read": f"{anatomy['cobb_read']:.2f}",
+                        }
                     counts[grade] += 1
-        write_patients(staging, patients)
+        write_patients(staging, patients, extra)
     return PhantomReport(out, counts, patient_number, sixteen, time.perf_counter() - start)
 
 
@@ -136,7 +154,7 @@ def render_phantom(anatomy: dict, rng: np.random.Generator, size: int) -> np.nda
     texture = np.random.default_rng(anatomy["texture_seed"])
     attenuation = _soft_tissue(x, y, anatomy, texture, size)
     attenuation += _spine(x, y, anatomy, texture, soft)
-    attenuation = _blur(attenuation, 0.7 * size / 256)
+    attenuation = blur(attenuation, 0.7 * size / 256)
 
     exposure = rng.uniform(2.0, 2.8)
     image = 1.0 - np.exp(-exposure * attenuation)
@@ -151,7 +169,7 @@ def _soft_tissue(x, y, anatomy, texture, size):
     # The body: a broad ellipse, thicker at the back, fading towards the film edges.
     body = np.clip(1.0 - ((x - 0.52) / 0.62) ** 2 - ((y - 0.5) / 0.9) ** 2, 0.0, 1.0) ** 0.5
     tissue = anatomy["tissue"] * body * (1.0 + 0.25 * (x - 0.5))
-    tissue += 0.05 * _smooth_noise(texture, size, cells=6)
+    tissue += 0.05 * smooth_noise(texture, size, cells=6)
     for _ in range(int(anatomy["gas"])):  # bowel gas in front of the spine
         gx, gy = texture.uniform(0.05, 0.3), texture.uniform(0.1, 0.9)
         rx, ry = texture.uniform(0.03, 0.08, 2)
@@ -180,23 +198,23 @@ def _spine(x, y, anatomy, texture, soft):
 
     total = np.zeros_like(x)
     bone = anatomy["bone"]
-    trabecular = _smooth_noise(texture, x.shape[0], cells=40)
+    trabecular = smooth_noise(texture, x.shape[0], cells=40)
     for level, cy in enumerate(centres_y):
         cx = centre_x(cy) - (anatomy["listhesis"] * height if level == 3 else 0.0)  # L4 slips forward
-        u, v = _local(x, y, cx, cy, tilt(cy))
+        u, v = local(x, y, cx, cy, tilt(cy))
         below = level  # disc below this body: L1-2 ... L5-S1
         above = level - 1
         profile = _endplate_profile(texture, u / (width / 2), anatomy["irregularity"], level)
         half = height / 2 * (1.0 - anatomy["wedge"][level] * (1.0 - u / (width / 2)) / 2) + profile
-        distance = _rounded_box(u, v, width / 2, half, 0.12 * height)
-        body = _inside(distance, soft)
-        shell = body * (1.0 - _inside(distance + 0.05 * height, soft))
+        distance = rounded_box(u, v, width / 2, half, 0.12 * height)
+        body = inside(distance, soft)
+        shell = body * (1.0 - inside(distance + 0.05 * height, soft))
         total += bone * body * (0.36 + 0.1 * trabecular) + bone * 0.32 * shell
         # Endplate sclerosis: a dense band along the endplates that face a degenerated disc.
         for disc_index, sign in ((above, -1.0), (below, 1.0)):
             if 0 <= disc_index < 5:
                 band = 0.05 * height + 0.09 * height * anatomy["sclerosis"][disc_index]
-                near = _inside(np.abs(v - sign * half) - band, soft) * body
+                near = inside(np.abs(v - sign * half) - band, soft) * body
                 total += bone * 0.38 * anatomy["sclerosis"][disc_index] * near
         # Osteophytes at the anterior corners (posterior ones from moderate grades on).
         for disc_index, sign in ((above, -1.0), (below, 1.0)):
@@ -211,47 +229,28 @@ def _spine(x, y, anatomy, texture, soft):
                     rot = -side * sign * 0.6
                     pu = np.cos(rot) * ou + np.sin(rot) * ov
                     pv = -np.sin(rot) * ou + np.cos(rot) * ov
-                    total += bone * 0.6 * _inside(np.hypot(pu / (0.55 * spur), pv / (0.22 * spur)) - 1.0, 0.15)
+                    total += bone * 0.6 * inside(np.hypot(pu / (0.55 * spur), pv / (0.22 * spur)) - 1.0, 0.15)
         # Posterior elements: pedicle and facet behind the body, fainter.
         pu, pv = u - (width / 2 + 0.28 * width), v + 0.1 * height
-        total += bone * 0.22 * _inside(np.hypot(pu / (0.22 * width), pv / (0.3 * height)) - 1.0, 0.2)
+        total += bone * 0.22 * inside(np.hypot(pu / (0.22 * width), pv / (0.3 * height)) - 1.0, 0.2)
         su, sv = u - (width / 2 + 0.75 * width), v + 0.05 * height
-        total += bone * 0.16 * _inside(np.hypot(su / (0.3 * width), sv / (0.22 * height)) - 1.0, 0.2)
+        total += bone * 0.16 * inside(np.hypot(su / (0.3 * width), sv / (0.22 * height)) - 1.0, 0.2)
         # The disc below: soft tissue slightly denser than fat, darker when degenerated (vacuum).
         if level < 4:
             dv = v - (half + discs[level] / 2)
-            disc = _inside(_rounded_box(u, dv, width / 2 * 0.97, discs[level] / 2, 0.3 * discs[level]), soft)
+            disc = inside(rounded_box(u, dv, width / 2 * 0.97, discs[level] / 2, 0.3 * discs[level]), soft)
             total += 0.08 * disc * (1.0 - 0.6 * anatomy["irregularity"][level])
     # Sacrum: a tilted block below L5-S1.
     last = centres_y[-1] + height / 2 + discs[4]
-    u, v = _local(x, y, centre_x(centres_y[-1]) + 0.1 * width, last + 0.9 * height, tilt(centres_y[-1]) + 0.3)
+    u, v = local(x, y, centre_x(centres_y[-1]) + 0.1 * width, last + 0.9 * height, tilt(centres_y[-1]) + 0.3)
     half = 0.9 * height * (1.0 - 0.25 * (v / (0.9 * height) + 1.0))  # narrows towards the coccyx
-    distance = _rounded_box(u, v - 0.0, width / 2 * 1.05, 0.9 * height, 0.1 * height)
+    distance = rounded_box(u, v - 0.0, width / 2 * 1.05, 0.9 * height, 0.1 * height)
     distance = np.maximum(distance, np.abs(u) - (width / 2) * (1.0 - 0.35 * np.clip(v / (0.9 * height), 0, 1)))
-    sacrum = _inside(distance, soft) * (half > -1)
+    sacrum = inside(distance, soft) * (half > -1)
     total += bone * (0.3 + 0.08 * trabecular) * sacrum + bone * 0.25 * sacrum * (
-        1.0 - _inside(distance + 0.05 * height, soft)
+        1.0 - inside(distance + 0.05 * height, soft)
     )
     return total
-
-
-def _local(x, y, cx, cy, angle):
-    """Coordinates in a frame centred on (cx, cy) and turned by `angle`."""
-    dx, dy = x - cx, y - cy
-    return np.cos(angle) * dx + np.sin(angle) * dy, -np.sin(angle) * dx + np.cos(angle) * dy
-
-
-def _rounded_box(u, v, half_u, half_v, radius):
-    """Signed distance (approximately, half_v may vary along u) to a rounded rectangle."""
-    radius = np.minimum(radius, np.minimum(half_u, half_v) * 0.9)
-    qu, qv = np.abs(u) - half_u + radius, np.abs(v) - half_v + radius
-    outside = np.hypot(np.maximum(qu, 0.0), np.maximum(qv, 0.0))
-    return outside + np.minimum(np.maximum(qu, qv), 0.0) - radius
-
-
-def _inside(distance, softness):
-    """Anti-aliased inside-ness of a signed distance field: 1 inside, 0 outside."""
-    return 1.0 / (1.0 + np.exp(np.clip(distance / np.maximum(softness, 1e-9), -50.0, 50.0)))
 
 
 def _endplate_profile(texture, position, irregularity, level):
@@ -259,17 +258,3 @@ def _endplate_profile(texture, position, irregularity, level):
     amount = max(float(irregularity[min(level, 4)]), float(irregularity[max(level - 1, 0)]))
     phase = texture.uniform(0, 2 * np.pi, 2)
     return 0.006 * amount * (np.sin(7.0 * position + phase[0]) + 0.6 * np.sin(13.0 * position + phase[1]))
-
-
-def _smooth_noise(rng, size, cells):
-    """Noise with features about size/cells pixels across, roughly in -1..1."""
-    grid = rng.normal(0.0, 1.0, (cells + 3, cells + 3)).astype(np.float32)
-    image = Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC)
-    values = np.asarray(image, dtype=np.float64)
-    return values / max(float(np.abs(values).max()), 1e-9)
-
-
-def _blur(image, sigma):
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(image, sigma, mode="nearest") if sigma > 0.3 else image

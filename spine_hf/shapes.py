@@ -6,23 +6,17 @@ folder (``image_sizes.json``: median, smallest and largest height:width, height 
 warns when one split mixes very different aspects (AP and lateral films together: one input shape
 squashes one kind), and ``model.aspect: data`` turns one side into the training split's median
 aspect at about the same pixel count, each side a multiple of the backbone's stride or patch size
-(`resolve_shape`): 128 on 2.6:1 films gives 208 x 80.
+(`shape_for`; `model.resolve_shape` applies it): 128 on 2.6:1 films gives 208 x 80.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-from spine_hf.preprocessing import Shape
-
-logger = logging.getLogger(__name__)
 
 SIZES_FILE = "image_sizes.json"
 # A split whose aspects (height:width) spread more than this between its 5th and 95th percentile mixes kinds
@@ -92,7 +86,7 @@ def mixed_aspect(summary: dict) -> str | None:
             "how to pick a shape)")  # fmt: skip
 
 
-def shape_for(side: int, aspect: float, step: int) -> Shape:
+def shape_for(side: int, aspect: float, step: int) -> tuple[int, int]:
     """(height, width), each a multiple of `step` (at least one), whose height:width is nearest `aspect` and whose
     pixels nearest side x side (the aspect weighs twice the pixel count)."""
 
@@ -100,57 +94,9 @@ def shape_for(side: int, aspect: float, step: int) -> Shape:
         middle = round(target / step)
         return [step * n for n in range(max(1, middle - 2), middle + 3)]
 
-    def cost(shape: Shape) -> float:
+    def cost(shape: tuple[int, int]) -> float:
         height, width = shape
         return abs(math.log(height / width / aspect)) + 0.5 * abs(math.log(height * width / side**2))
 
     pairs = [(h, w) for h in near(side * math.sqrt(aspect)) for w in near(side / math.sqrt(aspect))]
     return min(pairs, key=cost)
-
-
-def input_stride(model_cfg) -> int:
-    """What each side of the input should be a multiple of: a vision transformer's patch size, else `CNN_STEP`.
-    Reads the backbone's config, or builds it on the meta device (no weights, no memory)."""
-    from spine_hf.model import resolve_library
-
-    if resolve_library(model_cfg) == "transformers":
-        from transformers import AutoConfig
-
-        kwargs = dict(model_cfg.overrides)
-        if model_cfg.pretrained:
-            config = AutoConfig.from_pretrained(model_cfg.name, trust_remote_code=False, **kwargs)
-        else:
-            config = AutoConfig.for_model(model_cfg.name, **kwargs)
-        patch = getattr(config, "patch_size", None)
-        if patch is None or hasattr(config, "hidden_sizes"):  # ConvNeXt and the like: a CNN
-            return CNN_STEP
-        return int(patch[0] if isinstance(patch, list | tuple) else patch)
-    import timm
-    import torch
-
-    name = model_cfg.name.removeprefix("hf-hub:").removeprefix("timm/")
-    with torch.device("meta"):
-        model = timm.create_model(name.split("/")[-1], pretrained=False, **model_cfg.overrides)
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    if patch is not None:
-        return int(patch[0] if isinstance(patch, list | tuple) else patch)
-    return CNN_STEP
-
-
-def resolve_shape(cfg, dataset, dataset_folder: str | os.PathLike):
-    """`cfg` with model.image_size as [height, width] and model.aspect "fixed" when it asks for the data's aspect
-    (model.aspect "data"): the median height:width of data.train_split (from ``image_sizes.json``, or the image
-    headers of a dataset converted before it was recorded) at about image_size^2 pixels (`shape_for`). Other
-    configs as given."""
-    if cfg.model.aspect != "data":
-        return cfg
-    split = cfg.data.train_split
-    recorded = (read_sizes(dataset_folder) or {}).get(split)
-    summary = recorded or summarise(split_sizes(dataset[split]))
-    aspect, stride = summary["aspect"]["median"], input_stride(cfg.model)
-    shape = shape_for(int(cfg.model.image_size), aspect, stride)
-    logger.info(
-        "model.aspect=data: the %s split's median height:width is %.2f; %d^2 pixels in that aspect, sides multiples "
-        "of %d: model.image_size=[%d, %d]", split, aspect, cfg.model.image_size, stride, *shape,
-    )  # fmt: skip
-    return replace(cfg, model=replace(cfg.model, image_size=list(shape), aspect="fixed"))

@@ -46,11 +46,10 @@ from spine_hf.folds import FoldRows
 from spine_hf.hub import push
 from spine_hf.losses import build_loss
 from spine_hf.metrics import load_grading_metric
-from spine_hf.model import build_model, resolve_precision
+from spine_hf.model import build_model, resolve_precision, resolve_shape
 from spine_hf.model_folder import load_weights, save_for_hub
 from spine_hf.optim import WarmupCosine, make_optimizer
 from spine_hf.preprocessing import Preprocessing, as_shape
-from spine_hf.shapes import resolve_shape
 from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader, pooled_images, train_shape
 
 
