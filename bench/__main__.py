@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", help="split tree of grade folders to run on (default: synthetic phantoms)")
     parser.add_argument("--model", default="resnet18", help="timm or transformers model name (default resnet18)")
-    parser.add_argument("--image-size", type=int, help="default 224 (quality: the recipe's, 128)")
+    parser.add_argument("--image-size", type=_image_size,
+                        help="one side, or HEIGHTxWIDTH for a tall input (512x192); default 224 "
+                             "(quality: the recipe's, 128)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--precision",
@@ -109,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cv: also a network distilled from the folds (`spine-hf cv --distill`, the teacher's "
                              "weight; trained unless an earlier call left it) against the best fold")  # fmt: skip
     return parser
+
+
+def _image_size(text: str) -> int | list[int]:
+    """`--image-size`: 224, or 512x192 (height x width)."""
+    sides = [int(side) for side in text.lower().split("x")]
+    if len(sides) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one side (224) or HEIGHTxWIDTH (512x192)")
+    return sides[0] if len(sides) == 1 else sides
 
 
 def run(args) -> Report:

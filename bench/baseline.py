@@ -59,7 +59,7 @@ def load_imagefolder(train_dir: str | os.PathLike, validation_dir: str | os.Path
     return load_dataset("imagefolder", data_files=data_files)
 
 
-def make_transforms(size: int, mean, std):
+def make_transforms(size, mean, std):
     """The script's torchvision transforms (the classic API, as the script imports them)."""
     from torchvision.transforms import (
         CenterCrop,
@@ -92,7 +92,7 @@ def collate_fn(examples):
     return {"pixel_values": pixel_values, "labels": labels}
 
 
-def make_loaders(dataset, size: int, mean, std, batch_size: int, eval_batch_size: int):
+def make_loaders(dataset, size, mean, std, batch_size: int, eval_batch_size: int):
     """Train and validation DataLoaders exactly as the script builds them."""
     from torch.utils.data import DataLoader
 

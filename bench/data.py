@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from spine_hf.preprocessing import as_shape, shape_name
+
 # The checkout's configs (bench/ lives beside them; it is not part of the installed package).
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPE = "knee-cpu.yaml"
@@ -79,7 +81,7 @@ def random_model_folder(args, work: Path) -> Path:
     from spine_hf.model import build_model
     from spine_hf.model_folder import save_for_hub
 
-    out = work / f"predict-{args.model.replace('/', '_')}-{args.image_size}"
+    out = work / f"predict-{args.model.replace('/', '_')}-{shape_name(as_shape(args.image_size))}"
     if not (out / "config.json").is_file():
         cfg = parse_config(["--config_path", str(REPO_CONFIGS / RECIPE), f"--model.name={args.model}",
                             f"--model.image_size={args.image_size}"])  # fmt: skip

@@ -189,15 +189,17 @@ def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, 
     trains at and refitted after every epoch from the time its epochs took (`refit`), not by the recipe's own
     time budget (which counts the evaluations too)."""
     from spine_hf.checkpoints import METRICS_FILE
-    from spine_hf.train import fit, fitting_epochs, prepare, side
+    from spine_hf.preprocessing import shape_name
+    from spine_hf.train import fit, fitting_epochs, prepare, shape
 
     images = train_count(tree)
     run = work / "quality-project"
     sizing = recipe_config(args, dataset_dir, run, *overrides, "--train.epochs=1000")
-    sides = sorted({side(sizing, epoch, 1000) for epoch in range(1000)})
+    sides = sorted({shape(sizing, epoch, 1000) for epoch in range(1000)})  # (height, width) of each size trained at
     ips = project_probe(args, dataset_dir, work, tree, sides, *overrides)
     epochs = max(1, fitting_epochs(sizing, lambda s: images / ips[s], budget))
-    print(f"  project: {', '.join(f'{ips[s]:.1f} img/s at {s} px' for s in sides)} in a probe -> {epochs} epochs",
+    print(f"  project: {', '.join(f'{ips[s]:.1f} img/s at {shape_name(s)} px' for s in sides)} in a probe -> "
+          f"{epochs} epochs",
           flush=True)  # fmt: skip
     shutil.rmtree(run, ignore_errors=True)
     cfg = recipe_config(args, dataset_dir, run, *overrides, f"--train.epochs={epochs}", "--train.time_budget_minutes=0",
@@ -235,9 +237,14 @@ def refit(run, sizing, ips: dict[int, float], images: int, budget: float) -> Non
 
     history = run.state.history
     trained = sum(record["train_seconds"] for record in history)
-    pace = trained / sum(images / ips[record["side"]] for record in history)  # measured / probed seconds
+    pace = trained / sum(images / ips[_shape(record)] for record in history)  # measured / probed seconds
     epochs = fitting_epochs(sizing, lambda s: pace * images / ips[s], budget - trained, len(history))
     run.state.epochs = run.schedule.epochs = max(epochs, len(history))
+
+
+def _shape(record: dict) -> tuple[int, int]:
+    """(height, width) an epoch record trained at (records written before inputs could be tall hold one side)."""
+    return tuple(record["shape"]) if "shape" in record else (record["side"], record["side"])
 
 
 def baseline_probe(args, cfg, tree: Path) -> float:
@@ -263,7 +270,7 @@ def baseline_probe(args, cfg, tree: Path) -> float:
 
 
 def project_probe(
-    args, dataset_dir: Path, work: Path, tree: Path, sides: list[int], *overrides: str
+    args, dataset_dir: Path, work: Path, tree: Path, sides: list[tuple[int, int]], *overrides: str
 ) -> dict[int, float]:
     """The project's training img/s at each side it will train at: its step and, as in training, the update
     of the weight average after it, which a training step pays too. Short probes give the ratios between the

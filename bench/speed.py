@@ -24,6 +24,7 @@ import torch
 from bench.data import ensure_dataset, random_model_folder, recipe_config, validation_folder
 from bench.report import Report, forward_flops, matmul_flops_per_second, median_seconds
 from spine_hf.grades import GRADE_NAMES
+from spine_hf.preprocessing import as_shape, shape_name
 
 
 class ProjectStep:
@@ -126,7 +127,10 @@ def project_training(args, dataset_dir: Path, output_dir: Path, batches: int, *o
 def bench_train(args, report: Report, work: Path, tree: Path) -> None:
     from bench.baseline import load_imagefolder, make_loaders
 
-    print(f"\ntrain: {args.model} at {args.image_size} px, batch {args.batch_size}, {args.steps} timed steps per arm")
+    print(
+        f"\ntrain: {args.model} at {shape_name(as_shape(args.image_size))} px, batch {args.batch_size}, "
+        f"{args.steps} timed steps per arm"
+    )
     step, images, loader, fill_seconds = project_training(
         args, ensure_dataset(tree, work), work / "train-run", args.steps + 4
     )

@@ -35,6 +35,7 @@ from spine_hf.drawing import blur, inside, local, rounded_box, smooth_noise
 from spine_hf.grades import NUM_GRADES, grade_folder
 from spine_hf.layout import write_patients
 from spine_hf.outputs import staged_folder
+from spine_hf.parallel import map_cpu
 from spine_hf.phantoms_ap import render_ap, sample_ap_anatomy
 
 DESCRIPTION = "Synthetic spine phantom made by spine-hf; not an image of a patient."
@@ -78,8 +79,9 @@ def make_phantoms(
     start = time.perf_counter()
     out = Path(out)
     patients: dict[str, str] = {}
-    counts, sixteen = [0] * NUM_GRADES, 0
+    counts = [0] * NUM_GRADES
     patient_number = 0
+    jobs = []  # each patient's views, planned in order, then drawn on every core (the same files as in order)
     with staged_folder(out) as staging:  # refuses a non-empty OUT; appears only when complete
         for grade in range(NUM_GRADES):
             folder = staging / grade_folder(grade)
@@ -89,21 +91,31 @@ def make_phantoms(
                 rng = np.random.default_rng([seed, grade, patient_number])
                 anatomy = sample(rng, grade)
                 views = 2 if rng.random() < second_view and counts[grade] + 2 <= per_grade else 1
-                for letter in "ab"[:views]:
-                    pixels = render(anatomy, rng, size)
-                    name = f"ph{patient_number:05d}_{letter}.png"
-                    deep = rng.random() < share_16bit
-                    _save_png(folder / name, pixels, deep)
-                    sixteen += deep
+                names = [f"ph{patient_number:05d}_{letter}.png" for letter in "ab"[:views]]
+                jobs.append((render, anatomy, rng, size, share_16bit, [folder / name for name in names]))
+                for name in names:
                     patients[f"{grade_folder(grade)}/{name}"] = f"ph{patient_number:05d}"
                     if "cobb_read" in anatomy:  # AP films: the angle their grade comes from
                         extra[f"{grade_folder(grade)}/{name}"] = {
                             "cobb_drawn": f"{anatomy['cobb_drawn']:.2f}",
                             "cobb_read": f"{anatomy['cobb_read']:.2f}",
                         }
-                    counts[grade] += 1
+                counts[grade] += views
+        sixteen = sum(sum(deep) for deep in map_cpu(_draw, jobs))
         write_patients(staging, patients, extra)
     return PhantomReport(out, counts, patient_number, sixteen, time.perf_counter() - start)
+
+
+def _draw(job: tuple) -> list[bool]:
+    """Render and save one patient's views (in a worker); whether each was written as 16-bit PNG."""
+    render, anatomy, rng, size, share_16bit, paths = job
+    written = []
+    for path in paths:
+        pixels = render(anatomy, rng, size)
+        deep = bool(rng.random() < share_16bit)
+        _save_png(path, pixels, deep)
+        written.append(deep)
+    return written
 
 
 def _save_png(path: Path, pixels: np.ndarray, sixteen_bit: bool) -> None:

@@ -84,6 +84,8 @@ class Run:
     # When `fit` started, and the epochs done by then (what saving models and checkpoints adds to each epoch).
     fit_started: float = 0.0
     fit_epoch: int = 0
+    # The schedule's length a time budget last printed.
+    announced: int | None = None
 
     @property
     def epochs(self) -> int:
@@ -356,12 +358,13 @@ def _fit_to_budget(run: Run) -> None:
     train.min_epochs and train.epochs; a schedule that has reached its last epoch is never lengthened (its
     learning rate is at its floor)."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
-    left = 60 * cfg.train.time_budget_minutes - (time.monotonic() - run.started)
+    budget = 60 * cfg.train.time_budget_minutes
+    left = budget - (time.monotonic() - run.started)
     history = state.history
     eval_seconds = float(np.mean([record["seconds"] - record["train_seconds"] for record in history]))
     test_rows = len(run.dataset[cfg.data.test_split]) if cfg.data.test_split else 0
-    # The wrap-up scores the test split (at the validation split's pace) and writes results.
-    wrap_up = 2 * eval_seconds * test_rows / max(len(run.eval_loader.dataset), 1) + 5
+    # The wrap-up scores the test split (at the validation split's pace) and writes results (a few seconds).
+    wrap_up = 2 * eval_seconds * test_rows / max(len(run.eval_loader.dataset), 1) + min(5.0, 0.02 * budget)
     paces: dict[tuple[int, int], list[float]] = {}
     for record in history:
         paces.setdefault(tuple(record.get("shape") or (record["side"],) * 2), []).append(record["train_seconds"])
@@ -385,10 +388,11 @@ def _fit_to_budget(run: Run) -> None:
     # Every process must train the same epochs: take the smallest answer.
     epochs = int(accelerator.gather(torch.tensor([epochs], device=accelerator.device)).min())
     state.epochs = run.schedule.epochs = epochs
-    if epochs != before or done == 1:
+    if run.announced is None or abs(epochs - run.announced) > max(1, 0.1 * run.announced):  # not every small move
+        run.announced = epochs
         accelerator.print(
-            f"time budget {cfg.train.time_budget_minutes:g} min: {done} epochs took {history[-1]['seconds']:.0f} s "
-            f"the last, {left / 60:.1f} min are left: the schedule runs over {epochs} epochs "
+            f"time budget {cfg.train.time_budget_minutes:g} min: after {done} epochs ({history[-1]['seconds']:.1f} s "
+            f"the last), {left / 60:.1f} min are left: the schedule runs over {epochs} epochs "
             f"(train.min_epochs {cfg.train.min_epochs}, train.epochs {cfg.train.epochs})"
         )
 

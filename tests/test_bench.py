@@ -228,7 +228,7 @@ def test_the_project_arm_refits_its_schedule_to_the_pace_its_epochs_trained_at()
     sizing = parse_config(["--config_path", str(REPO / "configs" / "knee-cpu.yaml"), "--train.epochs=1000",
                            "--data.progressive_scale=0", "--data.full_side_min_scale=0",
                            "--data.full_side_rotate=-1"])  # fmt: skip
-    ips = {128: 100.0}  # the probe: 10 s an epoch of 1,000 images
+    ips = {(128, 128): 100.0}  # the probe: 10 s an epoch of 1,000 images
 
     def after(seconds: list[float], budget: float) -> int:
         state = SimpleNamespace(history=[{"side": 128, "train_seconds": t} for t in seconds], epochs=None)

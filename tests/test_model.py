@@ -75,10 +75,11 @@ def hub_cache(tmp_path, monkeypatch):
     return {"timm": convnext.state_dict(), "transformers": vit.state_dict()}
 
 
-def _assert_starts_from(model, checkpoint: dict, head: str) -> None:
-    """Every backbone weight equals the checkpoint's; the head is new, with five outputs."""
+def _assert_starts_from(model, checkpoint: dict, head: str, moved: tuple[str, ...] = ()) -> None:
+    """Every backbone weight equals the checkpoint's (but the `moved` ones: position embeddings at another input
+    shape); the head is new, with five outputs."""
     ours = model.state_dict()
-    backbone = [key for key in checkpoint if not key.startswith(head)]
+    backbone = [key for key in checkpoint if not key.startswith(head) and key not in moved]
     assert backbone and all(torch.equal(ours[key], checkpoint[key]) for key in backbone)
     heads = [key for key in ours if key.startswith(head) and key.endswith("weight")]
     assert heads and all(ours[key].shape[0] == 5 for key in heads)
@@ -118,8 +119,10 @@ def test_a_pretrained_transformers_checkpoint_from_the_hub_cache(hub_cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("library", ["timm", "transformers"])
-def test_fine_tuning_a_pretrained_checkpoint_saves_a_folder_that_loads(hub_cache, library, tmp_path, phantom_split):
+@pytest.mark.parametrize("recipe", ["convnext-small", "vit-base", "spine-convnext-small", "spine-vit-base"])
+def test_fine_tuning_a_pretrained_checkpoint_saves_a_folder_that_loads(hub_cache, recipe, tmp_path, phantom_split):
+    """Each GPU recipe as shipped, with a tiny pretrained checkpoint and a small input of the recipe's shape (the
+    spine recipes' tall ones: a ViT's position embeddings move to it), trains and saves a folder pipeline() loads."""
     from conftest import REPO
     from transformers import pipeline
 
@@ -129,9 +132,14 @@ def test_fine_tuning_a_pretrained_checkpoint_saves_a_folder_that_loads(hub_cache
     from spine_hf.train import fit, prepare
 
     convert_to_dataset(phantom_split, tmp_path / "ds")
-    recipes = {"timm": ("convnext-small", "timm/test_convnext.r160_in1k", 64, "head.fc."),
-               "transformers": ("vit-base", "tiny-org/vit-1k", 32, "classifier.")}  # fmt: skip
-    recipe, name, side, head = recipes[library]
+    library = "transformers" if "vit" in recipe else "timm"
+    checkpoints = {"timm": ("timm/test_convnext.r160_in1k", "head.fc."),
+                   "transformers": ("tiny-org/vit-1k", "classifier.")}  # fmt: skip
+    name, head = checkpoints[library]
+    shipped = parse_config(["--config_path", str(REPO / "configs" / f"{recipe}.yaml")]).model.image_size
+    tall = recipe.startswith("spine-")
+    assert isinstance(shipped, list) == tall and (not tall or shipped[0] >= 2.5 * shipped[1])
+    side = {"timm": [96, 32] if tall else 64, "transformers": [48, 16] if tall else 32}[library]
     cfg = parse_config(["--config_path", str(REPO / "configs" / f"{recipe}.yaml"), f"--model.name={name}",
                         f"--model.image_size={side}", f"--data.dataset={tmp_path / 'ds'}", "--data.num_workers=0",
                         f"--train.output_dir={tmp_path / 'run'}", "--train.epochs=2", "--train.batch_size=8",
@@ -142,7 +150,8 @@ def test_fine_tuning_a_pretrained_checkpoint_saves_a_folder_that_loads(hub_cache
     AcceleratorState._reset_state(reset_partial_state=True)
     run = prepare(cfg)
     model = run.accelerator.unwrap_model(run.model)
-    _assert_starts_from(model.hf_model if library == "transformers" else model, hub_cache[library], head)
+    moved = ("vit.embeddings.position_embeddings",) if tall else ()
+    _assert_starts_from(model.hf_model if library == "transformers" else model, hub_cache[library], head, moved)
     fit(run)
     best = tmp_path / "run" / "best"
     assert f"base_model: {name}" in (best / "README.md").read_text()
