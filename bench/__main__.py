@@ -6,13 +6,15 @@
     python -m bench trust --data DIR --model-dir MODEL
     python -m bench cv    --data DIR [--folds 5] [--budget-minutes 11] [--hold-out 0.15] [--reuse-runs] [--distill]
     python -m bench audit --data DIR [--flip 0.05] [--folds 5] [--budget-minutes 6] [--reuse-runs]
+    python -m bench shapes --data DIR [--image-size 128] [--folds 3] [--budget-minutes 4] [--reuse-runs]
 
 * train, predict, cold, convert: `bench.speed`; loader: `bench.loader`; quality and levers (what each
   of the recipe's levers does to time to quality, alone and together): `bench.quality`;
   large: `bench.large` (full-size radiographs, two training processes); trust: `bench.trust`
   (grade ranges' coverage and the referral, for a model trained on DIR); cv: `bench.cv`
   (cross-validation against one split, the fold ensemble, its calibration, its cost); audit:
-  `bench.cv` too (the label audit against labels moved on purpose); all: convert,
+  `bench.cv` too (the label audit against labels moved on purpose); shapes: `bench.shapes` (tall films
+  squashed into a square against their own aspect, out of fold, at one time budget); all: convert,
   train, predict and loader.
 
 Every arm runs in this process, on this machine, one after the other, so the ratios compare like with
@@ -34,12 +36,13 @@ from bench.large import bench_large
 from bench.loader import bench_loader
 from bench.quality import LEVERS, bench_levers, bench_quality
 from bench.report import Report, machine_context
+from bench.shapes import bench_shapes
 from bench.speed import bench_cold, bench_convert, bench_predict, bench_train
 from bench.trust import bench_trust
 
 COMMANDS = {"train": bench_train, "predict": bench_predict, "cold": bench_cold, "convert": bench_convert,
             "quality": bench_quality, "levers": bench_levers, "loader": bench_loader, "large": bench_large,
-            "trust": bench_trust, "cv": bench_cv, "audit": bench_audit}  # fmt: skip
+            "trust": bench_trust, "cv": bench_cv, "audit": bench_audit, "shapes": bench_shapes}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
             "trust",
             "cv",
             "audit",
+            "shapes",
             "all",
         ],
         help="all = convert, train, predict, cold and loader (quality takes about 45 minutes on its own; "
@@ -131,7 +135,7 @@ def run(args) -> Report:
     work.mkdir(parents=True, exist_ok=True)
     tree, described = prepare_tree(args, work)
     # quality, levers: the recipe's size; trust: the model folder's own
-    if args.image_size is None and args.what not in ("quality", "levers", "trust", "cv", "audit"):
+    if args.image_size is None and args.what not in ("quality", "levers", "trust", "cv", "audit", "shapes"):
         args.image_size = 224
     report = Report({**machine_context(args), "data": described})
     print(f"spine-hf bench {args.what}: {report.context['device_name']} ({report.context['device']}; "

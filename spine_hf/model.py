@@ -202,6 +202,14 @@ def resize_position_embeddings(model: nn.Module, shape: tuple[int, int]) -> None
     logger.info("position embeddings interpolated from a %s to a %s patch grid", old_grid, new_grid)
 
 
+def fixed_input_size(model: nn.Module) -> bool:
+    """Whether a built model takes only its own input size: a transformers model with learnt position embeddings,
+    or a timm vision transformer whose patch embedding checks the size; a CNN takes any."""
+    if isinstance(model, HFClassifier):
+        return _position_embeddings(model.hf_model) is not None
+    return bool(getattr(getattr(model, "patch_embed", None), "strict_img_size", False))
+
+
 def input_stride(model_cfg: ModelConfig) -> int:
     """What each side of the input should be a multiple of: a vision transformer's patch size, else `CNN_STEP`.
     Reads the backbone's config, or builds it on the meta device (no weights, no memory)."""

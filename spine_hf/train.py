@@ -46,11 +46,15 @@ from spine_hf.folds import FoldRows
 from spine_hf.hub import push
 from spine_hf.losses import build_loss
 from spine_hf.metrics import load_grading_metric
-from spine_hf.model import build_model, resolve_precision, resolve_shape
+from spine_hf.model import build_model, fixed_input_size, resolve_precision, resolve_shape
 from spine_hf.model_folder import load_weights, save_for_hub
 from spine_hf.optim import WarmupCosine, make_optimizer
 from spine_hf.preprocessing import Preprocessing, as_shape
 from spine_hf.transforms import BatchAugment, GradeImages, grade_counts, make_loader, pooled_images, train_shape
+
+
+class DivergedError(ValueError):
+    """The training loss stopped being a number; the message says what to change."""
 
 
 @dataclass
@@ -112,6 +116,12 @@ def fit(run: Run, after_epoch: Callable[[Run], None] | None = None) -> dict:
         epoch = state.epoch
         epoch_start = time.monotonic()
         loss, out_of_time = train_epoch(run, epoch, started)
+        if not math.isfinite(loss):  # every later epoch and the saved model would be worthless: stop and say so
+            raise DivergedError(
+                f"epoch {epoch + 1}: the training loss is {loss}; lower optim.lr or train with "
+                "--train.mixed_precision=no (on CPUs, bf16 has given NaN for inputs so narrow that the backbone's "
+                "feature maps are one pixel wide, e.g. resnet18 at 48 x 16)"
+            )
         train_seconds = time.monotonic() - epoch_start
         metrics = _evaluate(run.scored, run.eval_loader, accelerator, run.metric, run.preprocessing, cfg)
         predictions = metrics.pop("predictions")
@@ -192,6 +202,9 @@ def prepare(cfg: Config, fold: FoldRows | None = None, teacher=None, teacher_wei
     accelerator.print(f"model input: {height} x {width} px (height x width)"
                       + (f", the {cfg.data.train_split} images' median aspect" if asked == "data" else ""))  # fmt: skip
     model, preprocessing = build_model(cfg.model)
+    if cfg.data.progressive_scale and fixed_input_size(model):
+        raise ConfigError(f"{cfg.model.name} takes only {height} x {width} inputs, so it cannot train at the smaller "
+                          "sizes of progressive resizing: set --data.progressive_scale=0")  # fmt: skip
     cache_start = time.monotonic()
     with accelerator.local_main_process_first():  # one process per machine decodes; the others map its cache
         if fold is None:

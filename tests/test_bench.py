@@ -281,3 +281,30 @@ def test_bench_cv_compares_one_split_with_out_of_fold_and_the_ensemble(tmp_path,
     entry = numbers["cv.distilled"]
     assert {"distilled", f"fold_{entry['fold']}"} == set(entry["held_back"]) and entry["teacher_weight"] == 0.5
     assert "cv.distilled_qwk_gain_over_its_fold" in ratios
+
+
+def test_bench_shapes_compares_a_square_with_the_films_aspect_on_the_same_folds(tmp_path, capsys):
+    """Three cross-validations of tall AP phantoms at one budget; a second call measures the same runs again."""
+    from spine_hf.convert import convert_to_dataset
+    from spine_hf.phantoms import make_phantoms
+    from spine_hf.split import split_dataset
+
+    make_phantoms(tmp_path / "pool", per_grade=4, seed=2, size=96, view="ap")
+    split_dataset(tmp_path / "pool", tmp_path / "tree", ratios=(0.7, 0.3, 0.0), seed=0)
+    convert_to_dataset(tmp_path / "tree", tmp_path / "dataset")
+    args = ["shapes", "--data", str(tmp_path / "dataset"), "--image-size", "64", "--folds", "2", "--budget-minutes",
+            "0.05", "--precision", "fp32", "--work", str(tmp_path / "work"),
+            "--json", str(tmp_path / "shapes.json")]  # fmt: skip
+    assert main(args) == 0
+    numbers = json.loads((tmp_path / "shapes.json").read_text())["numbers"]
+    assert numbers["shapes.square"]["shape"] == [64, 64]
+    tall, more = numbers["shapes.aspect"]["shape"], numbers["shapes.aspect_2.5x"]["shape"]
+    assert tall[0] > 2 * tall[1] and more[0] * more[1] > 1.5 * tall[0] * tall[1]
+    for name in ("aspect", "aspect_2.5x"):
+        gain = numbers[f"shapes.{name}_minus_square_oof_qwk"]
+        assert gain["ci95"][0] <= gain["value"] <= gain["ci95"][1]
+    capsys.readouterr()
+    assert main([*args, "--reuse-runs"]) == 0  # nothing trains: the same numbers from the same folders
+    again = json.loads((tmp_path / "shapes.json").read_text())["numbers"]
+    assert again["shapes.aspect_minus_square_oof_qwk"] == numbers["shapes.aspect_minus_square_oof_qwk"]
+    assert "aspect - square: out-of-fold QWK" in capsys.readouterr().out

@@ -74,6 +74,15 @@ def tall_models(tmp_path_factory, tall_dataset) -> dict[str, Path]:
     return {"timm": cnn, "transformers": vit}
 
 
+def test_progressive_resizing_is_refused_for_a_vit_that_takes_one_size(tall_dataset, tmp_path):
+    from spine_hf.config import ConfigError
+
+    _, dataset = tall_dataset
+    with pytest.raises(ConfigError, match="progressive_scale=0"):
+        _train(dataset, tmp_path / "vit", "--model.name=vit", "--model.library=transformers",
+               "--model.image_size=[64, 24]", f"--model.overrides={TINY_VIT}")  # fmt: skip
+
+
 @pytest.mark.slow
 def test_the_data_chooses_the_cnns_shape_and_the_saved_files_carry_both_sides(tall_models):
     import yaml

@@ -313,3 +313,13 @@ def test_a_time_budget_keeps_to_the_epochs_the_config_bounds_it_by(tmp_path, tin
     assert train(long)["epochs"] == 2 and len(_history(tmp_path / "long")) == 2
     with pytest.raises(ConfigError, match="min_epochs"):
         parse_config(_args(tiny_dataset, tmp_path / "bad", "--train.epochs=2", "--train.min_epochs=3"))
+
+
+def test_a_loss_that_stops_being_a_number_stops_the_run_with_what_to_change(tmp_path, tiny_dataset, monkeypatch):
+    import spine_hf.train as training
+
+    monkeypatch.setattr(training, "train_epoch", lambda run, epoch, started: (float("nan"), False))
+    cfg = parse_config(_args(tiny_dataset, tmp_path / "run", "--train.epochs=2"))
+    with pytest.raises(training.DivergedError, match="mixed_precision=no"):
+        training.train(cfg)
+    assert not (tmp_path / "run" / "best").exists()  # nothing saved from a diverged epoch
