@@ -2,7 +2,7 @@
 
     spine-hf export --model outputs/knee/calibrated --onnx outputs/knee/onnx [--int8 --calibration-data DATA]
 
-The graph takes the normalised pixels (N x 3 x S x S, any N) and returns the logits and the features
+The graph takes the normalised pixels (N x 3 x H x W, any N) and returns the logits and the features
 the classifier layer receives (for the out-of-distribution referral), for timm and transformers
 backbones alike. A fold ensemble (`spine-hf cv`) becomes one graph holding every member: its logits
 are the log of the members' mean probabilities, its features those of the folder's own network. The

@@ -146,7 +146,7 @@ class Predictor:
         return decode_image(image)
 
     def pixels(self, images: Sequence) -> np.ndarray:
-        """Model input for a batch: decode, resize to the model's square, normalise (N x 3 x S x S float32)."""
+        """Model input for a batch: decode, resize to the model's input shape, normalise (N x 3 x H x W float32)."""
         squares = np.stack([self.preprocessing.square(self.canonical(image)) for image in images])
         return self.preprocessing.normalise_array(squares)
 
