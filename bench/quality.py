@@ -233,18 +233,13 @@ def refit(run, sizing, ips: dict[int, float], images: int, budget: float) -> Non
     left of the budget, at the pace its epochs have trained at so far (the probes' ratios between the sides for
     the sides it has not trained at yet). On a 2-core machine whose speed moves 10-20 % from minute to minute,
     probes taken before the run left its schedule 17 % short or 8 % long; the usual recipe has its hard stop."""
-    from spine_hf.train import fitting_epochs
+    from spine_hf.train import fitting_epochs, record_shape
 
     history = run.state.history
     trained = sum(record["train_seconds"] for record in history)
-    pace = trained / sum(images / ips[_shape(record)] for record in history)  # measured / probed seconds
+    pace = trained / sum(images / ips[record_shape(record)] for record in history)  # measured / probed seconds
     epochs = fitting_epochs(sizing, lambda s: pace * images / ips[s], budget - trained, len(history))
     run.state.epochs = run.schedule.epochs = max(epochs, len(history))
-
-
-def _shape(record: dict) -> tuple[int, int]:
-    """(height, width) an epoch record trained at (records written before inputs could be tall hold one side)."""
-    return tuple(record["shape"]) if "shape" in record else (record["side"], record["side"])
 
 
 def baseline_probe(args, cfg, tree: Path) -> float:

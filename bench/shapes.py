@@ -31,6 +31,7 @@ FOLD_SEED = 42
 def bench_shapes(args, report: Report, work: Path, tree: Path) -> None:
     from spine_hf.config import parse_config
     from spine_hf.cross_validation import CV_METRICS_FILE, cross_validate, read_oof_file
+    from spine_hf.model_folder import ModelFolder
 
     print("\n== shapes: a square against the films' aspect, out of fold, at one time budget ==", flush=True)
     # A converted dataset is used as it is (its patients' pseudonyms, hence the folds, stay those of earlier runs).
@@ -50,8 +51,7 @@ def bench_shapes(args, report: Report, work: Path, tree: Path) -> None:
             report.say(f"{name}: {time.perf_counter() - start:.0f} s")
         metrics = json.loads((out / CV_METRICS_FILE).read_text())
         oof = read_oof_file(out)
-        first = json.loads((out / "fold_0" / "best" / "config.json").read_text())
-        shape = first["pretrained_cfg"]["input_size"][1:] if "pretrained_cfg" in first else first["image_size"]
+        shape = list(ModelFolder.read(out / "fold_0" / "best").preprocessing.size)
         epochs = [json.loads((out / f"fold_{k}" / "results.json").read_text())["epochs"] for k in range(args.folds)]
         found[name] = {"shape": shape, "epochs": epochs, "qwk": metrics["metrics"]["qwk"], "oof": oof}
         report.number(f"shapes.{name}", {"shape": shape, "fold_epochs": epochs, "oof_qwk": metrics["metrics"]["qwk"]})

@@ -380,7 +380,7 @@ def _fit_to_budget(run: Run) -> None:
     wrap_up = 2 * eval_seconds * test_rows / max(len(run.eval_loader.dataset), 1) + min(5.0, 0.02 * budget)
     paces: dict[tuple[int, int], list[float]] = {}
     for record in history:
-        paces.setdefault(tuple(record.get("shape") or (record["side"],) * 2), []).append(record["train_seconds"])
+        paces.setdefault(record_shape(record), []).append(record["train_seconds"])
     measured = {shape: float(np.mean(seconds)) for shape, seconds in paces.items()}
     # Saving the best model and checkpoints happens outside an epoch's seconds: spread it over them.
     recorded = sum(record["seconds"] for record in history[run.fit_epoch :])
@@ -416,6 +416,12 @@ def shape(cfg: Config, epoch: int, epochs: int) -> tuple[int, int]:
     data = cfg.data
     return train_shape(epoch, epochs, as_shape(cfg.model.image_size), data.progressive_scale, data.progressive_until,
                        data.progressive_max_epochs)  # fmt: skip
+
+
+def record_shape(record: dict) -> tuple[int, int]:
+    """(height, width) an epoch record of metrics.json trained at (records written before inputs could be tall hold
+    only their side)."""
+    return tuple(record["shape"]) if "shape" in record else (record["side"], record["side"])
 
 
 def fitting_epochs(cfg: Config, seconds_at, seconds: float, done: int = 0) -> int:
