@@ -22,7 +22,7 @@ With ``fit_epochs``, the number of epochs is refitted after each epoch to the ne
 probe taken before it is within 10 % (a whole-epoch probe read 47.6 img/s, the run then trained at 53).
 
 Two things differ from the script, both in the baseline's favour or neutral: the model is the same
-timm backbone the project trains (built by `spine_hf.model.build_model`, since the script's
+timm backbone the project trains (built by `spine_hf.models.build.build_model`, since the script's
 pretrained ViT cannot be downloaded here), and the learning rate, weight decay, batch size and
 number of epochs are the ones given to the project (the script's 5e-5 is a fine-tuning rate for a
 pretrained ViT, far too low for a backbone trained from scratch). Its metric is QWK instead of

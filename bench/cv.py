@@ -40,7 +40,7 @@ COVERAGE = 0.9
 
 
 def bench_cv(args, report: Report, work: Path, tree: Path) -> None:
-    from spine_hf.cross_validation import CV_METRICS_FILE, cross_validate
+    from spine_hf.training.cross_validation import CV_METRICS_FILE, cross_validate
 
     print("\n== cv: out-of-fold estimates, the fold ensemble, what it costs ==", flush=True)
     work = work / "cv"
@@ -50,7 +50,7 @@ def bench_cv(args, report: Report, work: Path, tree: Path) -> None:
 
     single_dir, cv_dir = work / "single", work / "cv"
     if not args.reuse_runs:
-        from spine_hf.train import train
+        from spine_hf.training.loop import train
 
         start = time.perf_counter()
         train(recipe_config(args, dataset, single_dir, *budget))
@@ -87,9 +87,9 @@ def held_back_dataset(tree: Path, work: Path, group_regex: str, hold_out: float)
     train and validation into a test split (built once per work folder)."""
     import datasets
 
-    from spine_hf.convert import convert_to_dataset
-    from spine_hf.dataset_folder import load_grade_dataset
-    from spine_hf.split import assign_parts
+    from spine_hf.data.convert import convert_to_dataset
+    from spine_hf.data.dataset_folder import load_grade_dataset
+    from spine_hf.data.split import assign_parts
 
     out = work / "dataset"
     if (out / "dataset_dict.json").is_file():
@@ -117,8 +117,8 @@ def held_back_dataset(tree: Path, work: Path, group_regex: str, hold_out: float)
 
 def _scores(probabilities: np.ndarray, labels: np.ndarray, patients: np.ndarray) -> dict:
     """QWK, accuracy, MAE with 95 % intervals resampling patients."""
-    from spine_hf.evaluation import bootstrap_intervals
-    from spine_hf.metrics import compute_grading_metrics
+    from spine_hf.predict.evaluation import bootstrap_intervals
+    from spine_hf.predict.metrics import compute_grading_metrics
 
     point = compute_grading_metrics(probabilities.argmax(1), labels)
     intervals = bootstrap_intervals(probabilities, labels, 1000, seed=0, groups=patients)
@@ -127,8 +127,8 @@ def _scores(probabilities: np.ndarray, labels: np.ndarray, patients: np.ndarray)
 
 def _paired_gain(a: np.ndarray, b: np.ndarray, labels: np.ndarray, patients: np.ndarray) -> dict:
     """QWK(a) - QWK(b) on the same images, with a 95 % interval resampling patients."""
-    from spine_hf.evaluation import resampled_indices
-    from spine_hf.metrics import compute_grading_metrics
+    from spine_hf.predict.evaluation import resampled_indices
+    from spine_hf.predict.metrics import compute_grading_metrics
 
     def qwk(p, index):
         return compute_grading_metrics(p[index].argmax(1), labels[index])["qwk"]
@@ -141,11 +141,11 @@ def _paired_gain(a: np.ndarray, b: np.ndarray, labels: np.ndarray, patients: np.
 
 def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: dict, work: Path, args) -> None:
     """Everything measured from the finished single run and cross-validation (no training)."""
-    from spine_hf.calibration import calibrate_model
-    from spine_hf.conformal import coverage_report
-    from spine_hf.cross_validation import ENSEMBLE_DIR
-    from spine_hf.dataset_folder import decode_split, load_grade_dataset
-    from spine_hf.inference import Predictor
+    from spine_hf.data.dataset_folder import decode_split, load_grade_dataset
+    from spine_hf.models.conformal import coverage_report
+    from spine_hf.predict.calibration import calibrate_model
+    from spine_hf.predict.inference import Predictor
+    from spine_hf.training.cross_validation import ENSEMBLE_DIR
 
     data = load_grade_dataset(dataset)
     val, test = data["validation"], data["test"]
@@ -206,7 +206,7 @@ def compare(report: Report, dataset: Path, single: Path, cv_dir: Path, metrics: 
             continue
         probabilities = predictor.probabilities(test_images)
         found = coverage_report(predictor.grade_ranges.ranges(probabilities), test_labels)
-        from spine_hf.evaluation import expected_calibration_error
+        from spine_hf.predict.evaluation import expected_calibration_error
 
         found["ece"] = expected_calibration_error(probabilities, test_labels)[0]
         found["temperature"] = fitted["temperature"]
@@ -228,7 +228,7 @@ def distilled(report: Report, entry: dict, on_test: dict, scored: dict, labels: 
               patients: np.ndarray) -> None:  # fmt: skip
     """The distilled network against the fold it trained beside and against the ensemble, on the held-back
     patients: which single network serves better."""
-    from spine_hf.evaluation import expected_calibration_error
+    from spine_hf.predict.evaluation import expected_calibration_error
 
     fold = f"fold_{entry['fold']}"
     gains = {"over_its_fold": _paired_gain(on_test["distilled"], on_test[fold], labels, patients),
@@ -252,9 +252,9 @@ def cross_fitted_ranges(report: Report, cv_dir: Path) -> dict:
     that fold's, for each fold: the method itself on thousands of images, without the ensemble."""
     from scipy.special import softmax
 
-    from spine_hf.calibration import fit_temperature
-    from spine_hf.conformal import coverage_report, fit_grade_ranges
-    from spine_hf.cross_validation import read_oof_file
+    from spine_hf.models.conformal import coverage_report, fit_grade_ranges
+    from spine_hf.predict.calibration import fit_temperature
+    from spine_hf.predict.out_of_fold import read_oof_file
 
     oof = read_oof_file(cv_dir)
     logits, grades, folds = np.log(np.clip(oof["probabilities"], 1e-6, None)), oof["grade"], oof["fold"]
@@ -286,8 +286,8 @@ def _show(entry: dict) -> str:
 
 def bench_audit(args, report: Report, work: Path, tree: Path) -> None:
     """The label audit's precision and recall at finding labels moved to a neighbouring grade."""
-    from spine_hf.audit import AUDIT_CSV, audit_labels
-    from spine_hf.cross_validation import cross_validate
+    from spine_hf.training.audit import AUDIT_CSV, audit_labels
+    from spine_hf.training.cross_validation import cross_validate
 
     print(f"\n== audit: {args.flip:.0%} of the pool's labels moved to a neighbouring grade, found again ==", flush=True)
     work = work / "cv"
@@ -329,7 +329,7 @@ def flipped_copy(dataset: Path, out: Path, share: float) -> tuple[Path, set[str]
     up or down (seeded; Healthy only up, Severe only down); also the moved images' ``split/file`` names."""
     import datasets
 
-    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.data.dataset_folder import load_grade_dataset
 
     source = load_grade_dataset(dataset)
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from spine_hf.preprocessing import as_shape, shape_name
+from spine_hf.models.preprocessing import as_shape, shape_name
 
 # The checkout's configs (bench/ lives beside them; it is not part of the installed package).
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -26,8 +26,8 @@ def prepare_tree(args, work: Path) -> tuple[Path, str]:
         if not (Path(args.data) / "train").is_dir():
             raise FileNotFoundError(f"--data {args.data}: expected a split tree with train/ and val/ grade folders")
         return Path(args.data), f"{args.data}"
-    from spine_hf.phantoms import make_phantoms
-    from spine_hf.split import split_dataset
+    from spine_hf.data.phantoms import make_phantoms
+    from spine_hf.data.split import split_dataset
 
     tree = work / "phantoms" / "split"
     if not tree.is_dir():
@@ -46,7 +46,7 @@ def validation_folder(tree: Path) -> Path:
 
 def ensure_dataset(tree: Path, work: Path) -> Path:
     """The converted dataset of `tree` (built once per work folder and tree)."""
-    from spine_hf.convert import convert_to_dataset
+    from spine_hf.data.convert import convert_to_dataset
 
     out = work / "dataset"
     stamp = out / "bench_source.txt"
@@ -78,8 +78,8 @@ def recipe_config(args, dataset: Path, output_dir: Path, *extra: str):
 def random_model_folder(args, work: Path) -> Path:
     """A model folder of the benchmark's architecture (random weights: speed does not depend on them)."""
     from spine_hf.config import parse_config
-    from spine_hf.model import build_model
-    from spine_hf.model_folder import save_for_hub
+    from spine_hf.models.build import build_model
+    from spine_hf.models.folder import save_for_hub
 
     out = work / f"predict-{args.model.replace('/', '_')}-{shape_name(as_shape(args.image_size))}"
     if not (out / "config.json").is_file():

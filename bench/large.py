@@ -15,7 +15,7 @@
    the resident part of the cache file mapped into each.
 4. A third launch (`model_only` below, the same 2-process setup) times the training step fed by the
    loader and on one batch kept on the device, in turn, then one whole epoch of the training loop
-   (`train.train_epoch`) and as many steps on the one batch, back to back (goal >= 0.95; separate
+   (`training.loop.train_epoch`) and as many steps on the one batch, back to back (goal >= 0.95; separate
    launches differ by up to 20 % in speed on these machines, so both arms run in one). Then each
    process reads every image once and reports how much its private (anonymous) memory grew: a copy
    of the images per process would add the cache's size (goal: the second process adds at most 10 %
@@ -49,9 +49,9 @@ MIN_WIDTH, MIN_HEIGHT = 2000, 2400
 
 def make_large_tree(source: Path, out: Path, train_images: int, val_images: int) -> dict:
     """`out`/{train,val}/<grade>/*.png: full-size radiographs made from the images of `source` (made once)."""
-    from spine_hf.imaging import is_image_file
+    from spine_hf.data.imaging import is_image_file
+    from spine_hf.data.parallel import map_cpu
     from spine_hf.outputs import staged_folder
-    from spine_hf.parallel import map_cpu
 
     stamp = out / "bench_large.json"
     wanted = {"source": str(source.resolve()), "train": train_images, "val": val_images, "version": 1}
@@ -84,7 +84,7 @@ def _enlarge(source: str, target: str, index: int) -> int:
     """One full-size radiograph from a small one: upscaled, with grain and noise; 8- or 16-bit. Its bytes."""
     from PIL import Image
 
-    from spine_hf.imaging import decode_image
+    from spine_hf.data.imaging import decode_image
 
     rng = np.random.default_rng(index)
     width, height = MIN_WIDTH + 64 * (index % 4), MIN_HEIGHT + 96 * (index % 3)
@@ -263,7 +263,7 @@ def model_only(argv: list[str]) -> None:
     """In each launched process: the training loop's step fed by the loader vs on one batch kept on the device,
     then the private memory that reading every image of the splits adds.
 
-    `train.prepare` sets everything up exactly as a training run does (the cache mapped, DDP over
+    `training.loop.prepare` sets everything up exactly as a training run does (the cache mapped, DDP over
     the processes); then each step of the loop (`training_step` plus the EMA update) runs fed from
     the loader (uint8 batch -> device -> `BatchAugment`) and on one augmented batch, in turn
     (`bench.speed.paired_images_per_second`). Then every process reads every image of the training and
@@ -275,7 +275,7 @@ def model_only(argv: list[str]) -> None:
 
     from bench.speed import paired_images_per_second
     from spine_hf.config import parse_config
-    from spine_hf.train import prepare, train_epoch, training_step
+    from spine_hf.training.loop import prepare, train_epoch, training_step
 
     run = prepare(parse_config(argv))
     device = run.accelerator.device
@@ -327,8 +327,8 @@ def model_only(argv: list[str]) -> None:
 def bench_large(args, report: Report, work: Path, tree: Path) -> None:
     import shutil
 
-    from spine_hf.convert import convert_to_dataset
-    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.data.convert import convert_to_dataset
+    from spine_hf.data.dataset_folder import load_grade_dataset
 
     base = work / "large"
     base.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,10 @@ def bench_loader(args, report: Report, work: Path, tree: Path) -> None:
     from torch.utils.data import DataLoader
 
     from spine_hf.config import DataConfig
-    from spine_hf.dataset_folder import load_grade_dataset
-    from spine_hf.imaging import is_image_file
-    from spine_hf.preprocessing import Preprocessing
-    from spine_hf.transforms import GradeImages, collate_squares
+    from spine_hf.data.dataset_folder import load_grade_dataset
+    from spine_hf.data.imaging import is_image_file
+    from spine_hf.models.preprocessing import Preprocessing
+    from spine_hf.training.transforms import GradeImages, collate_squares
 
     split = load_grade_dataset(ensure_dataset(tree, work))["train"]
     split = split.select(range(min(args.loader_images, len(split))))
@@ -73,8 +73,8 @@ def _drain(loader) -> int:
 
 
 def _decode(files: list[str], side: int) -> int:
-    from spine_hf.imaging import decode_image
-    from spine_hf.preprocessing import square
+    from spine_hf.data.imaging import decode_image
+    from spine_hf.models.preprocessing import square
 
     for file in files:
         square(decode_image(file), side)

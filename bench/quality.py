@@ -2,7 +2,7 @@
 same data and model, each for the same budget of training time: wall time to reach the usual recipe's
 best validation QWK, training speed, and the best QWK each reaches within the budget.
 
-`bench levers` measures what each of the recipe's speed-to-quality levers (issue 16) does: the recipe as it
+`bench levers` measures what each of the recipe's speed-to-quality levers does: the recipe as it
 stood before them, each lever alone on top of that, and all of them together, each against one run of the
 usual recipe; plus two levers that need no training run to judge: `torch.compile` of the training step
 (compile time against the time it saves) and test-time flip averaging of each arm's best model.
@@ -29,7 +29,7 @@ from bench.speed import forever, fresh_accelerator_state, images_per_second, pro
 # slow (40.2, 44.0 and 44.8 img/s in three probes in a row against 48.3 trained), an epoch short.
 PROBE_STEPS = 20
 
-# The recipe without the levers (as it stood at issue 16), then each lever as overrides on top of it.
+# The recipe without the levers (the knee recipe before them), then each lever as overrides on top of it.
 LEVER_BASE = (
     "--data.progressive_scale=0",
     "--data.full_side_min_scale=0",
@@ -149,7 +149,7 @@ def seconds_to(curve: list[tuple[float, float]], qwk: float) -> float | None:
 
 
 def score(predictions: np.ndarray, references: np.ndarray) -> float:
-    from spine_hf.metrics import compute_grading_metrics
+    from spine_hf.predict.metrics import compute_grading_metrics
 
     return float(compute_grading_metrics(predictions, references)["qwk"])
 
@@ -157,7 +157,7 @@ def score(predictions: np.ndarray, references: np.ndarray) -> float:
 def usual_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float) -> dict:
     """The usual recipe with a schedule that ends with the budget, from its own measured speed."""
     from bench.baseline import run_baseline
-    from spine_hf.model import build_model
+    from spine_hf.models.build import build_model
 
     images = train_count(tree)
     cfg = recipe_config(args, dataset_dir, work / "quality-project")
@@ -188,9 +188,9 @@ def project_arm(args, dataset_dir: Path, work: Path, tree: Path, budget: float, 
     """The project's recipe (with `overrides`), its epochs fitted to the budget from probes at every side it
     trains at and refitted after every epoch from the time its epochs took (`refit`), not by the recipe's own
     time budget (which counts the evaluations too)."""
-    from spine_hf.checkpoints import METRICS_FILE
-    from spine_hf.preprocessing import shape_name
-    from spine_hf.train import fit, fitting_epochs, prepare, shape
+    from spine_hf.models.preprocessing import shape_name
+    from spine_hf.training.checkpoints import METRICS_FILE
+    from spine_hf.training.loop import fit, fitting_epochs, prepare, shape
 
     images = train_count(tree)
     run = work / "quality-project"
@@ -233,7 +233,7 @@ def refit(run, sizing, ips: dict[int, float], images: int, budget: float) -> Non
     left of the budget, at the pace its epochs have trained at so far (the probes' ratios between the sides for
     the sides it has not trained at yet). On a 2-core machine whose speed moves 10-20 % from minute to minute,
     probes taken before the run left its schedule 17 % short or 8 % long; the usual recipe has its hard stop."""
-    from spine_hf.train import fitting_epochs, record_shape
+    from spine_hf.training.loop import fitting_epochs, record_shape
 
     history = run.state.history
     trained = sum(record["train_seconds"] for record in history)
@@ -246,7 +246,7 @@ def baseline_probe(args, cfg, tree: Path) -> float:
     from accelerate import Accelerator
 
     from bench.baseline import load_imagefolder, make_loaders, make_optimizer, train_step
-    from spine_hf.model import build_model
+    from spine_hf.models.build import build_model
 
     fresh_accelerator_state()
     accelerator = Accelerator()
@@ -330,9 +330,9 @@ def step_eager(step):
 def flip_qwk(cfg, folder: Path) -> tuple[float, float]:
     """Validation QWK of a saved model as trained, and with its probabilities averaged over the image and its
     mirror (test-time flip)."""
-    from spine_hf.dataset_folder import load_grade_dataset
-    from spine_hf.model_folder import ModelFolder
-    from spine_hf.transforms import GradeImages, make_loader
+    from spine_hf.data.dataset_folder import load_grade_dataset
+    from spine_hf.models.folder import ModelFolder
+    from spine_hf.training.transforms import GradeImages, make_loader
 
     saved = ModelFolder.read(folder)
     model, preprocessing = saved.load_model().eval(), saved.preprocessing

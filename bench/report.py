@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from spine_hf.model import native_bf16, resolve_precision
-from spine_hf.preprocessing import as_shape
+from spine_hf.models.build import native_bf16, resolve_precision
+from spine_hf.models.preprocessing import as_shape
 
 
 @dataclass

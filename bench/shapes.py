@@ -30,8 +30,9 @@ FOLD_SEED = 42
 
 def bench_shapes(args, report: Report, work: Path, tree: Path) -> None:
     from spine_hf.config import parse_config
-    from spine_hf.cross_validation import CV_METRICS_FILE, cross_validate, read_oof_file
-    from spine_hf.model_folder import ModelFolder
+    from spine_hf.models.folder import ModelFolder
+    from spine_hf.predict.out_of_fold import read_oof_file
+    from spine_hf.training.cross_validation import CV_METRICS_FILE, cross_validate
 
     print("\n== shapes: a square against the films' aspect, out of fold, at one time budget ==", flush=True)
     # A converted dataset is used as it is (its patients' pseudonyms, hence the folds, stay those of earlier runs).
@@ -70,7 +71,7 @@ def bench_shapes(args, report: Report, work: Path, tree: Path) -> None:
 
 
 def _patients(dataset: Path, oof: dict) -> np.ndarray:
-    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.data.dataset_folder import load_grade_dataset
 
     data = load_grade_dataset(dataset)
     columns = {split: data[split]["patient"] for split in set(oof["split"])}

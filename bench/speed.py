@@ -24,20 +24,20 @@ import torch
 from bench.data import ensure_dataset, random_model_folder, recipe_config, validation_folder
 from bench.report import Report, forward_flops, matmul_flops_per_second, median_seconds
 from spine_hf.grades import GRADE_NAMES
-from spine_hf.preprocessing import as_shape, shape_name
+from spine_hf.models.preprocessing import as_shape, shape_name
 
 
 class ProjectStep:
-    """The project's training step (`train.training_step`) on its prepared model, optimizer and loss."""
+    """The project's training step (`training.loop.training_step`) on its prepared model, optimizer and loss."""
 
     def __init__(self, cfg):
         from accelerate import Accelerator
 
-        from spine_hf.losses import build_loss
-        from spine_hf.model import build_model
-        from spine_hf.optim import make_optimizer
-        from spine_hf.train import mixed_precision, training_step
-        from spine_hf.transforms import BatchAugment
+        from spine_hf.models.build import build_model
+        from spine_hf.training.loop import mixed_precision, training_step
+        from spine_hf.training.losses import build_loss
+        from spine_hf.training.optim import make_optimizer
+        from spine_hf.training.transforms import BatchAugment
 
         self.cfg = cfg
         fresh_accelerator_state()
@@ -112,8 +112,8 @@ def forever(loader):
 def project_training(args, dataset_dir: Path, output_dir: Path, batches: int, *overrides: str):
     """The project's step and its training data path over the first `batches` batches of the train split:
     (step, dataset, loader, seconds spent decoding and caching the squares)."""
-    from spine_hf.dataset_folder import load_grade_dataset
-    from spine_hf.transforms import GradeImages, make_loader
+    from spine_hf.data.dataset_folder import load_grade_dataset
+    from spine_hf.training.transforms import GradeImages, make_loader
 
     cfg = recipe_config(args, dataset_dir, output_dir, *overrides, f"--data.max_samples={args.batch_size * batches}")
     step = ProjectStep(cfg)
@@ -181,8 +181,8 @@ def bench_predict(args, report: Report, work: Path, tree: Path) -> None:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from spine_hf.inference import Predictor
-    from spine_hf.model import native_bf16
+    from spine_hf.models.build import native_bf16
+    from spine_hf.predict.inference import Predictor
 
     hf_logging.disable_progress_bar()
     folder = Path(args.model_dir) if args.model_dir else random_model_folder(args, work)
@@ -265,7 +265,7 @@ _EXPORTED: dict[tuple[Path, str], Path] = {}
 def onnx_folders(folder: Path, tree: Path, work: Path, kinds: tuple[str, ...] = ("onnx", "int8")) -> dict[str, Path]:
     """`folder` exported by `spine-hf export` in fp32 ("onnx") and/or int8 ("int8", ranges from the tree's train
     split), made once per bench process (the export checks itself against PyTorch on the validation split)."""
-    from spine_hf.export import export_onnx
+    from spine_hf.publish.export import export_onnx
 
     out = {}
     for name in kinds:
@@ -326,8 +326,8 @@ def bench_cold(args, report: Report, work: Path, tree: Path) -> None:
 def bench_convert(args, report: Report, work: Path, tree: Path) -> None:
     from PIL import Image
 
-    from spine_hf.convert import convert_to_dataset
-    from spine_hf.imaging import is_image_file
+    from spine_hf.data.convert import convert_to_dataset
+    from spine_hf.data.imaging import is_image_file
 
     files = sorted(p for p in tree.rglob("*") if p.is_file() and is_image_file(p))
     print(f"\nconvert: {len(files)} images in {tree}")

@@ -14,7 +14,7 @@ validation images (in distribution) against five kinds of images the model was n
 (c) the validation images inverted (MONOCHROME1 read as MONOCHROME2), (d) rotated by 90 degrees,
 (e) blank and noise frames. The scores: max-softmax (Hendrycks & Gimpel 2017), energy (Liu et al.
 2020), and the Mahalanobis distance of the penultimate features to the training images' (Lee et al.
-2018; `spine_hf.referral`, described on the training split).
+2018; `spine_hf.models.referral`, described on the training split).
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ from bench.report import Report
 COVERAGES = (0.8, 0.9, 0.95)
 RATES = (0.01, 0.02, 0.05)
 PATIENT = re.compile(r"^(\d+)")
-# AUROC goals of the issue: far from radiographs 0.99, inverted / rotated radiographs 0.95.
+# AUROC goals: far from radiographs 0.99, inverted / rotated radiographs 0.95.
 KINDS = {"phantoms": 0.99, "photos": 0.99, "inverted": 0.95, "rotated": 0.95, "blank_noise": 0.99}
 
 
 def bench_trust(args, report: Report, work: Path, tree: Path) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from spine_hf.calibration import DESCRIBE_LIMIT
-    from spine_hf.dataset_folder import decode_split, load_grade_split
-    from spine_hf.inference import Predictor
-    from spine_hf.referral import DEFAULT_RATE, distances, fit_description
+    from spine_hf.data.dataset_folder import decode_split, load_grade_split
+    from spine_hf.models.referral import DEFAULT_RATE, distances, fit_description
+    from spine_hf.predict.calibration import DESCRIBE_LIMIT
+    from spine_hf.predict.inference import Predictor
 
     if not args.model_dir:
         raise SystemExit("bench trust needs --model-dir: a model trained on --data (e.g. with configs/knee-cpu.yaml)")
@@ -90,9 +90,9 @@ def bench_trust(args, report: Report, work: Path, tree: Path) -> None:
                      f"AUROC of the shipped score (Mahalanobis): knee validation vs {kind}")  # fmt: skip
 
     # Halvings by patient: fit on one half as `calibrate` does, measure on the other.
-    from spine_hf.calibration import fit_temperature
-    from spine_hf.conformal import coverage_report, fit_grade_ranges
-    from spine_hf.referral import outlier_threshold
+    from spine_hf.models.conformal import coverage_report, fit_grade_ranges
+    from spine_hf.models.referral import outlier_threshold
+    from spine_hf.predict.calibration import fit_temperature
 
     rng = np.random.default_rng(0)
     unique = np.unique(patients)
@@ -169,7 +169,7 @@ def _first_version_ranges(fit_probs, fit_labels, probabilities, coverage) -> np.
     """The first version's ranges: a grade's score counts its own mass, the most probable grade is always kept."""
     import math
 
-    from spine_hf.conformal import growth_order, score
+    from spine_hf.models.conformal import growth_order, score
 
     scores = np.sort([score(p, y) + p[y] for p, y in zip(fit_probs, fit_labels, strict=True)])
     threshold = scores[math.ceil((len(scores) + 1) * coverage) - 1]
@@ -186,8 +186,8 @@ def _outside_images(val_images: list, work: Path) -> dict[str, list[Image.Image]
     """The five kinds of images the model was not trained on, as canonical images."""
     from sklearn.datasets import load_sample_images
 
-    from spine_hf.imaging import decode_image, to_canonical
-    from spine_hf.phantoms import make_phantoms
+    from spine_hf.data.imaging import decode_image, to_canonical
+    from spine_hf.data.phantoms import make_phantoms
 
     rng = np.random.default_rng(1)
     folder = work / "trust-phantoms"

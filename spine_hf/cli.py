@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     if argv[:1] == ["app"]:
-        from spine_hf.demo import main as app_main
+        from spine_hf.app.demo import main as app_main
 
         app_main(argv[1:])
         return EXIT_OK
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return train_main(argv[1:])
     if argv[:1] == ["cv"]:  # cross-validation takes the training configuration too
-        from spine_hf.cross_validation import main as cv_main
+        from spine_hf.cv import main as cv_main
 
         return cv_main(argv[1:])
     parser = build_parser()
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(args) -> int:
-    from spine_hf.evaluation import evaluate_model
+    from spine_hf.predict.evaluation import evaluate_model
 
     result = evaluate_model(args.model, args.data, args.out, split=args.split, flip_tta=args.flip_tta,
                             bootstrap=args.bootstrap, overwrite=args.overwrite)  # fmt: skip
@@ -256,7 +256,7 @@ def _evaluate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from spine_hf.calibration import calibrate_model
+    from spine_hf.predict.calibration import calibrate_model
 
     report = calibrate_model(args.model, args.data, args.out, split=args.split, coverage=args.coverage,
                              referral_rate=args.referral_rate, describe_split=args.describe_split,
@@ -288,7 +288,7 @@ def _calibrate(args) -> int:
 
 
 def _export(args) -> int:
-    from spine_hf.export import export_onnx
+    from spine_hf.publish.export import export_onnx
 
     report = export_onnx(args.model, args.onnx, int8=args.int8, calibration_data=args.calibration_data,
                          calibration_split=args.calibration_split, check_split=args.check_split,
@@ -306,8 +306,8 @@ def _export(args) -> int:
 def _predict(args) -> int:
     import json
 
-    from spine_hf.imaging import display_path
-    from spine_hf.inference import Prediction, Predictor
+    from spine_hf.data.imaging import display_path
+    from spine_hf.predict.inference import Prediction, Predictor
 
     predictor = Predictor(args.model, backend=args.backend, batch_size=args.batch_size, precision=args.precision)
     failed = 0
@@ -324,13 +324,13 @@ def _push(args) -> int:
     verb = "would upload" if args.dry_run else "uploaded"
     visibility = "private" if args.private else "public"
     if args.space:
-        from spine_hf.space import push_space
+        from spine_hf.publish.space import push_space
 
         plan = push_space(args.space, args.model, backend=args.backend, private=args.private, dry_run=args.dry_run,
                           save_to=args.save_to)  # fmt: skip
         where = f"the Gradio Space https://huggingface.co/spaces/{args.space} ({visibility}, serving {args.model})"
     else:
-        from spine_hf.hub import push
+        from spine_hf.publish.hub import push
 
         plan = push(args.model, args.repo_id, private=args.private, dry_run=args.dry_run)
         where = f"https://huggingface.co/{args.repo_id} ({visibility})"
@@ -345,7 +345,7 @@ def _push(args) -> int:
 
 
 def _init(args) -> int:
-    from spine_hf.layout import init_dataset
+    from spine_hf.data.layout import init_dataset
 
     created = init_dataset(args.dir)
     print(f"{args.dir}: created {len(created)} folders" if created else f"{args.dir}: the layout already exists")
@@ -353,7 +353,7 @@ def _init(args) -> int:
 
 
 def _organize(args) -> int:
-    from spine_hf.organize import organize
+    from spine_hf.data.organize import organize
 
     report = organize(args.images, args.labels, args.out, move=args.move)
     _print_problems(report.problems, 50)
@@ -364,7 +364,7 @@ def _organize(args) -> int:
 
 
 def _split(args) -> int:
-    from spine_hf.split import parse_ratios, split_dataset
+    from spine_hf.data.split import parse_ratios, split_dataset
 
     report = split_dataset(
         args.source,
@@ -386,7 +386,7 @@ def _split(args) -> int:
 
 
 def _verify(args) -> int:
-    from spine_hf.verify import verify_dataset
+    from spine_hf.data.verify import verify_dataset
 
     report = verify_dataset(args.dir, group_regex=args.group_regex)
     _print_problems(report.problems, args.max_listed)
@@ -404,7 +404,7 @@ def _verify(args) -> int:
 
 
 def _convert(args) -> int:
-    from spine_hf.convert import convert_to_dataset
+    from spine_hf.data.convert import convert_to_dataset
 
     report = convert_to_dataset(args.dir, args.out, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
                                 private=not args.public, group_regex=args.group_regex)  # fmt: skip
@@ -436,7 +436,7 @@ def _sizes_table(sizes: dict) -> str:
 
 
 def _audit(args) -> int:
-    from spine_hf.audit import AUDIT_CSV, AUDIT_HTML, audit_labels
+    from spine_hf.training.audit import AUDIT_CSV, AUDIT_HTML, audit_labels
 
     report = audit_labels(args.cv, args.out, data=args.data, show=args.show, overwrite=args.overwrite)
     print(f"{report.count} images ranked by how much their out-of-fold prediction contradicts their grade; "
@@ -447,7 +447,7 @@ def _audit(args) -> int:
 
 
 def _phantoms(args) -> int:
-    from spine_hf.phantoms import make_phantoms
+    from spine_hf.data.phantoms import make_phantoms
 
     size = args.size or (512 if args.view == "ap" else 256)
     report = make_phantoms(args.out, per_grade=args.per_grade, seed=args.seed, size=size, share_16bit=args.share_16bit,

@@ -30,7 +30,7 @@ KNEE = REPO.parent / "shared" / "data" / "knee-kl224"
 @pytest.fixture(scope="session")
 def phantom_pool(tmp_path_factory) -> Path:
     """A pool of 64-pixel phantoms, 6 per grade, with patients.csv. Do not modify it."""
-    from spine_hf.phantoms import make_phantoms
+    from spine_hf.data.phantoms import make_phantoms
 
     out = tmp_path_factory.mktemp("phantoms") / "pool"
     make_phantoms(out, per_grade=6, seed=3, size=64)
@@ -40,7 +40,7 @@ def phantom_pool(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_split(tmp_path_factory, phantom_pool) -> Path:
     """`phantom_pool` split 0.6/0.2/0.2 by patient. Do not modify it."""
-    from spine_hf.split import split_dataset
+    from spine_hf.data.split import split_dataset
 
     out = tmp_path_factory.mktemp("phantoms") / "split"
     split_dataset(phantom_pool, out, ratios=(0.6, 0.2, 0.2), seed=0)
@@ -59,6 +59,30 @@ def raw(tmp_path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """35 lateral phantoms of 64 px, split so that validation has an odd number of images, converted."""
+    from spine_hf.data.convert import convert_to_dataset
+    from spine_hf.data.phantoms import make_phantoms
+    from spine_hf.data.split import split_dataset
+
+    root = tmp_path_factory.mktemp("train")
+    make_phantoms(root / "pool", per_grade=7, seed=5, size=64, second_view=0.0)
+    split_dataset(root / "pool", root / "split", ratios=(0.6, 0.2, 0.2), seed=1)
+    convert_to_dataset(root / "split", root / "ds")
+    return root / "ds"
+
+
+def tiny_run_args(dataset: Path, out: Path, *extra: str) -> list[str]:
+    """`spine_hf.train` arguments for a seconds-long run of the quick start's recipe on `tiny_dataset`."""
+    return [
+        "--config_path", str(REPO / "configs" / "quickstart.yaml"),
+        f"--data.dataset={dataset}", f"--train.output_dir={out}",
+        "--model.image_size=64", "--train.batch_size=8", "--train.eval_batch_size=16", "--train.threads=1",
+        *extra,
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def knee() -> Path:
     """The real knee radiographs beside the repository; skips when they are not there."""
@@ -71,8 +95,8 @@ def knee() -> Path:
 def trained_model(tmp_path_factory, phantom_split) -> Path:
     """A timm test_resnet trained for 3 epochs on 64-pixel phantoms: (model folder, dataset folder)."""
     from spine_hf.config import parse_config
-    from spine_hf.convert import convert_to_dataset
-    from spine_hf.train import train
+    from spine_hf.data.convert import convert_to_dataset
+    from spine_hf.training.loop import train
 
     root = tmp_path_factory.mktemp("trained")
     convert_to_dataset(phantom_split, root / "dataset")
@@ -88,10 +112,10 @@ def trusted_model(tmp_path_factory, trained_model) -> Path:
     """`trained_model` calibrated on 80 more 64-pixel phantoms split in halves: the referral describes the
     40 of `train`; the temperature, grade ranges (80 %) and referral threshold (10 %) are fitted on the 40
     of `validation` (the model folder; its dataset is the folder beside it)."""
-    from spine_hf.calibration import calibrate_model
-    from spine_hf.convert import convert_to_dataset
-    from spine_hf.phantoms import make_phantoms
-    from spine_hf.split import split_dataset
+    from spine_hf.data.convert import convert_to_dataset
+    from spine_hf.data.phantoms import make_phantoms
+    from spine_hf.data.split import split_dataset
+    from spine_hf.predict.calibration import calibrate_model
 
     root = tmp_path_factory.mktemp("trusted")
     make_phantoms(root / "pool", per_grade=16, seed=21, size=64)
@@ -104,7 +128,7 @@ def trusted_model(tmp_path_factory, trained_model) -> Path:
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory, trusted_model) -> Path:
     """`trusted_model` exported by `spine-hf export` (fp32 ONNX, with its grade ranges and referral)."""
-    from spine_hf.export import export_onnx
+    from spine_hf.publish.export import export_onnx
 
     out = tmp_path_factory.mktemp("exported") / "onnx"
     export_onnx(trusted_model, out, calibration_data=trusted_model.parent / "dataset")
@@ -114,7 +138,7 @@ def exported_model(tmp_path_factory, trusted_model) -> Path:
 @pytest.fixture(scope="session")
 def running_app(trained_model, tmp_path_factory):
     """The Gradio app serving `trained_model` on 127.0.0.1 (uploads up to 5 MB): its URL."""
-    from spine_hf.demo import build_app
+    from spine_hf.app.demo import build_app
 
     app = build_app(str(trained_model), examples_dir=tmp_path_factory.mktemp("examples"))
     with socket.socket() as sock:

@@ -17,7 +17,7 @@ from badinputs import CASE_IDS, FILE_CASES, FileCase, good_tree
 from factories import write_png
 
 from spine_hf.cli import main
-from spine_hf.imaging import ImageDecodeError, decode, display_path
+from spine_hf.data.imaging import ImageDecodeError, decode, display_path
 
 ERROR_CASES = [case for case in FILE_CASES if case.outcome == "error"]
 LINK_FIX = "replace it with the image file"
@@ -66,7 +66,7 @@ def test_verify(case, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=CASE_IDS)
 def test_convert(case, tmp_path, capsys):
-    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.data.dataset_folder import load_grade_dataset
 
     tree, bad = _bad_in_tree(tmp_path, case)
     before = _digests(tree)
@@ -113,7 +113,7 @@ def test_organize(case, tmp_path, capsys):
 
 
 def test_a_utf8_csv_finds_a_file_whose_name_on_disk_is_latin1(tmp_path):
-    from spine_hf.organize import organize
+    from spine_hf.data.organize import organize
 
     raw = tmp_path / "raw"
     bad = FILE_CASES[CASE_IDS.index("non-UTF-8 name")].make(raw, 1)
@@ -181,7 +181,7 @@ def test_app(case, running_app, trained_model, tmp_path):
 
 
 def test_train_and_evaluate_take_every_working_case(tmp_path, capsys):
-    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.data.dataset_folder import load_grade_dataset
 
     tree = good_tree(tmp_path / "tree", per_grade=2)
     works = [case for case in FILE_CASES if case.outcome == "works"]
@@ -209,7 +209,7 @@ def test_train_and_evaluate_name_the_rows_of_a_foreign_dataset_that_cannot_be_de
     """A DatasetDict built without `convert` (e.g. from the Hub) can hold broken images."""
     import datasets
 
-    from spine_hf.dataset_folder import dataset_features
+    from spine_hf.data.dataset_folder import dataset_features
 
     good = (write_png(tmp_path / "g.png", seed=1)).read_bytes()
     rows = {"image": [{"bytes": good, "path": f"ok{i}.png"} for i in range(5)], "label": list(range(5))}
@@ -278,7 +278,7 @@ TREE_CASES = [
     ("name", "damage", "verify_code", "converts", "shown"), TREE_CASES, ids=[c[0] for c in TREE_CASES]
 )
 def test_damaged_folders_in_verify_convert_and_split(tmp_path, capsys, name, damage, verify_code, converts, shown):
-    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.data.dataset_folder import load_grade_dataset
 
     tree = good_tree(tmp_path / "tree", per_grade=2)
     damage(tree)

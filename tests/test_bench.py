@@ -115,7 +115,7 @@ def test_large_radiographs_are_full_size_8_and_16_bit(phantom_split, tmp_path):
     from PIL import Image
 
     from bench.large import MIN_HEIGHT, MIN_WIDTH, make_large_tree
-    from spine_hf.imaging import decode_image
+    from spine_hf.data.imaging import decode_image
 
     made = make_large_tree(phantom_split, tmp_path / "large", 3, 1)
     files = sorted((tmp_path / "large").rglob("*.png"))
@@ -223,7 +223,7 @@ def test_the_project_arm_refits_its_schedule_to_the_pace_its_epochs_trained_at()
 
     from bench.quality import refit
     from spine_hf.config import parse_config
-    from spine_hf.optim import WarmupCosine
+    from spine_hf.training.optim import WarmupCosine
 
     sizing = parse_config(["--config_path", str(REPO / "configs" / "knee-cpu.yaml"), "--train.epochs=1000",
                            "--data.progressive_scale=0", "--data.full_side_min_scale=0",
@@ -272,7 +272,7 @@ def test_bench_cv_compares_one_split_with_out_of_fold_and_the_ensemble(tmp_path,
     assert set(numbers["cv.grade_ranges_on_held_back"]) == {"single_on_validation", "ensemble_oof_marginal",
                                                             "ensemble_oof_per_grade"}  # fmt: skip
     # The held-back patients are in neither pool split.
-    from spine_hf.dataset_folder import load_grade_dataset
+    from spine_hf.data.dataset_folder import load_grade_dataset
 
     data = load_grade_dataset(tmp_path / "work" / "cv" / "dataset")
     pooled = set(data["train"]["patient"]) | set(data["validation"]["patient"])
@@ -285,9 +285,9 @@ def test_bench_cv_compares_one_split_with_out_of_fold_and_the_ensemble(tmp_path,
 
 def test_bench_shapes_compares_a_square_with_the_films_aspect_on_the_same_folds(tmp_path, capsys):
     """Three cross-validations of tall AP phantoms at one budget; a second call measures the same runs again."""
-    from spine_hf.convert import convert_to_dataset
-    from spine_hf.phantoms import make_phantoms
-    from spine_hf.split import split_dataset
+    from spine_hf.data.convert import convert_to_dataset
+    from spine_hf.data.phantoms import make_phantoms
+    from spine_hf.data.split import split_dataset
 
     make_phantoms(tmp_path / "pool", per_grade=4, seed=2, size=96, view="ap")
     split_dataset(tmp_path / "pool", tmp_path / "tree", ratios=(0.7, 0.3, 0.0), seed=0)

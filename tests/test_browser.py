@@ -30,7 +30,7 @@ def test_upload_grade_and_screenshot(trusted_model, phantom_split, tmp_path):
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    from spine_hf.demo import build_app
+    from spine_hf.app.demo import build_app
 
     app = build_app(str(trusted_model), examples_dir=tmp_path / "examples")
     port = _free_port()

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from spine_hf.cli import main
-from spine_hf.dataset_folder import load_grade_dataset
+from spine_hf.data.dataset_folder import load_grade_dataset
 from spine_hf.grades import GRADE_NAMES
 
 

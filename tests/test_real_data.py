@@ -12,7 +12,7 @@ from collections import defaultdict
 import pytest
 
 from spine_hf.cli import main
-from spine_hf.dataset_folder import load_grade_dataset
+from spine_hf.data.dataset_folder import load_grade_dataset
 
 pytestmark = pytest.mark.real_data
 
@@ -49,7 +49,7 @@ def test_knee_val_organize_split_verify_convert(tmp_path, knee, capsys):
 
 
 def test_knee_layout_with_numeric_folders_verifies_as_is(knee):
-    from spine_hf.verify import verify_dataset
+    from spine_hf.data.verify import verify_dataset
 
     report = verify_dataset(knee, group_regex=r"^(\d+)")
     assert report.ok, report.errors[:5]

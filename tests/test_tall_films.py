@@ -13,12 +13,12 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from spine_hf.data.imaging import decode, decode_image
 from spine_hf.grades import GRADE_NAMES, grade_folder
-from spine_hf.imaging import decode, decode_image
-from spine_hf.inference import Predictor
+from spine_hf.predict.inference import Predictor
 
 HEIGHT, WIDTH = 104, 40  # 2.6:1, as a full-spine AP film
-LEGACY = REPO / "tests" / "data" / "square-folders"
+LEGACY = REPO / "tests" / "fixtures" / "square-folders"
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 48,
             "patch_size": 8}  # fmt: skip
 
@@ -26,8 +26,8 @@ TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
 @pytest.fixture(scope="module")
 def tall_dataset(tmp_path_factory) -> tuple[Path, Path]:
     """AP phantoms at exactly 2.6:1, every one a 16-bit PNG, in a split tree (4/2/2 per grade), and its dataset."""
-    from spine_hf.convert import convert_to_dataset
-    from spine_hf.phantoms_ap import render_ap, sample_ap_anatomy
+    from spine_hf.data.convert import convert_to_dataset
+    from spine_hf.data.phantoms_ap import render_ap, sample_ap_anatomy
 
     root = tmp_path_factory.mktemp("tall")
     counts = {"train": 4, "val": 2, "test": 2}
@@ -51,7 +51,7 @@ def _train(dataset: Path, out: Path, *overrides: str) -> Path:
     from accelerate.state import AcceleratorState
 
     from spine_hf.config import parse_config
-    from spine_hf.train import train
+    from spine_hf.training.loop import train
 
     AcceleratorState._reset_state(True)
     args = ["--config_path", str(REPO / "configs" / "quickstart.yaml"), f"--data.dataset={dataset}",
@@ -107,7 +107,7 @@ def test_every_loader_grades_tall_16_bit_films_as_training_did(library, tall_mod
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
-    from spine_hf.export import export_onnx
+    from spine_hf.publish.export import export_onnx
 
     folder = tall_models[library]
     tree, _ = tall_dataset
@@ -144,7 +144,7 @@ def test_every_loader_grades_tall_16_bit_films_as_training_did(library, tall_mod
 def test_grad_cam_lies_on_the_tall_film_at_its_own_aspect(tall_models, tall_dataset):
     import torch
 
-    from spine_hf.explain import _as_grid, grad_cam, overlay
+    from spine_hf.predict.explain import _as_grid, grad_cam, overlay
 
     tree, _ = tall_dataset
     file = sorted((tree / "test").rglob("*.png"))[0]
@@ -159,8 +159,8 @@ def test_grad_cam_lies_on_the_tall_film_at_its_own_aspect(tall_models, tall_data
 
 
 def test_the_decoded_cache_of_a_split_at_two_shapes_is_two_files(tall_dataset, tmp_path):
-    from spine_hf.dataset_folder import load_grade_dataset
-    from spine_hf.square_cache import cache_file, open_squares
+    from spine_hf.data.dataset_folder import load_grade_dataset
+    from spine_hf.training.square_cache import cache_file, open_squares
 
     _, dataset = tall_dataset
     split = load_grade_dataset(dataset)["train"]

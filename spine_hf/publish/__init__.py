@@ -1,0 +1,1 @@
+"""A model folder leaving this machine: the Hub, a Gradio Space, an ONNX export."""
