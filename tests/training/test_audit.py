@@ -59,8 +59,9 @@ def test_the_flipped_labels_rank_first_and_nothing_is_changed(flipped_cv, tmp_pa
     found = sum(rank <= 2 * len(flipped) for rank in ranks)
     assert found >= 3, ranks
     for row in rows[: 2 * len(flipped)]:
-        if Path(row["file"]).name in flipped:
-            assert {row["given_grade"], row["predicted_grade"]} <= {"0", "1", "3", "4"}
+        if Path(row["file"]).name in flipped:  # a Healthy film filed as Severe, or the other way round
+            given, predicted = int(row["given_grade"]), int(row["predicted_grade"])
+            assert given in (0, 4) and abs(predicted - (4 - given)) <= 2  # graded nearer its true grade than its label
     assert sum(r["flagged"] == "True" for r in rows) == report.flagged >= found // 2
     sheet = (tmp_path / "audit" / AUDIT_HTML).read_text()
     assert sheet.count("<figure") == report.shown == 20 and sheet.count("data:image/png;base64,") == 20
