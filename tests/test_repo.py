@@ -259,3 +259,18 @@ def test_no_tracker_numbers_in_shipped_files():
     for path in shipped:
         hits = re.findall(r"issues? #?\d+", path.read_text(encoding="utf-8"), re.IGNORECASE)
         assert not hits, f"{path.relative_to(REPO)} names tracker numbers: {hits}"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchor of every heading: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", markdown, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def test_the_readme_links_to_sections_that_exist():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    targets = {"README.md": _anchors(readme), "BENCHMARKS.md": _anchors((REPO / "BENCHMARKS.md").read_text())}
+    links = re.findall(r"\]\((BENCHMARKS\.md)?#([\w-]+)\)", readme)
+    assert len(links) >= 5
+    for document, anchor in links:
+        assert anchor in targets[document or "README.md"], f"README links to {document or 'README.md'}#{anchor}"
