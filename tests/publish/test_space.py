@@ -160,8 +160,11 @@ def test_the_space_runs_its_own_app_from_the_uploaded_files(backend, trusted_mod
     bundled = subprocess.run([sys.executable, "-c", "import spine_hf; print(spine_hf.__file__)"], cwd=space, env=env,
                              capture_output=True, text=True, check=True)  # fmt: skip
     assert bundled.stdout.strip().startswith(str(space))  # the Space's own copy, not this checkout's
+    # A shell's background job starts with Ctrl-C ignored, and Python then never raises KeyboardInterrupt: the app
+    # gets Ctrl-C's default back, so that it stops below wherever the suite runs.
     server = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                              stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         _wait_for_port(port, server)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
