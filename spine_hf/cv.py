@@ -26,8 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the fold options and the training configuration, cross-validate, print the out-of-fold metrics."""
-    from accelerate import PartialState
-
     from spine_hf import setup_logging
     from spine_hf.predict.out_of_fold import OOF_FILE
     from spine_hf.training.cross_validation import CV_METRICS_FILE, ENSEMBLE_DIR, SCALARS, cross_validate
@@ -52,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    from accelerate import PartialState  # only once a run is over: `--help` and bad settings need no torch
+
     if not PartialState().is_main_process:
         return 0
     for warning in result.folds.warnings:
