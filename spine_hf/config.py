@@ -10,6 +10,7 @@ Unknown keys are errors (a typo must not silently train the wrong model); every 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,13 @@ class Config:
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message says what to change."""
+
+
+def report_error(err: ValueError | OSError) -> int:
+    """Print a run's error without a traceback (the message names the setting or file and the fix) and
+    return the exit status: 2 for a configuration that cannot be used, 1 for bad data or folders."""
+    print(f"error: {err}", file=sys.stderr)
+    return 2 if isinstance(err, ConfigError) else 1
 
 
 def _check(condition: bool, message: str) -> None:

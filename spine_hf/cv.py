@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spine_hf.config import ConfigError, parse_config
+from spine_hf.config import parse_config, report_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = cross_validate(parse_config(rest), folds=args.folds, seed=args.seed, only=args.fold,
                                 group_regex=args.group_regex, distill=args.distill)  # fmt: skip
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as err:  # a ConfigError is a ValueError
+        return report_error(err)
     from accelerate import PartialState  # only once a run is over: `--help` and bad settings need no torch
 
     if not PartialState().is_main_process:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from spine_hf.config import ConfigError, parse_config
+from spine_hf.config import parse_config, report_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,12 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
         result = train(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as err:  # bad data or folders: the message names the file and the fix
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as err:  # a ConfigError is a ValueError
+        return report_error(err)
     for split, metrics in result.items():
         if isinstance(metrics, dict) and "qwk" in metrics:
             print(f"{split}: QWK {metrics['qwk']:.4f}  accuracy {metrics['accuracy']:.4f}  MAE {metrics['mae']:.4f}")

@@ -160,16 +160,16 @@ def test_grad_cam_lies_on_the_tall_film_at_its_own_aspect(tall_models, tall_data
 
 def test_the_decoded_cache_of_a_split_at_two_shapes_is_two_files(tall_dataset, tmp_path):
     from spine_hf.data.dataset_folder import load_grade_dataset
-    from spine_hf.training.square_cache import cache_file, open_squares
+    from spine_hf.training.decoded_cache import cache_file, open_decoded
 
     _, dataset = tall_dataset
     split = load_grade_dataset(dataset)["train"]
-    tall, square = open_squares(split, (80, 32), tmp_path), open_squares(split, 32, tmp_path)
+    tall, square = open_decoded(split, (80, 32), tmp_path), open_decoded(split, 32, tmp_path)
     assert tall.path != square.path and "80x32px" in tall.path.name and "-32px-" in square.path.name
     assert tall.squares.shape == (len(split), 80, 32) and square.squares.shape == (len(split), 32, 32)
     # The same sides the other way round are another shape too, and a square's key is the one it always had.
     assert cache_file(split, (32, 80), tmp_path) != tall.path and cache_file(split, (32, 32), tmp_path) == square.path
-    again = open_squares(split, (80, 32), tmp_path)
+    again = open_decoded(split, (80, 32), tmp_path)
     assert again.decoded == 0 and np.array_equal(again.squares, tall.squares)
 
 

@@ -1,7 +1,7 @@
 """Dataset rows -> model-ready tensors, fast enough that the model sets the pace.
 
 Each image is decoded once per split and side, with the project's decoder, into the decoded cache
-(`square_cache`): uint8 images of ``image_size`` (height x width) for evaluation (exactly what `pipeline()` does
+(`decoded_cache`): uint8 images of ``image_size`` (height x width) for evaluation (exactly what `pipeline()` does
 with the saved model) and a little larger for training, where random crops cut them down. Every
 process maps that one file, so the loader only copies squares out of it and ships uint8 batches
 (a quarter of the bytes of float32; pinned on CUDA) to the device.
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from spine_hf.config import DataConfig
 from spine_hf.grades import NUM_GRADES
 from spine_hf.models.preprocessing import Preprocessing, Shape, as_shape
-from spine_hf.training.square_cache import default_cache_folder, open_squares
+from spine_hf.training.decoded_cache import default_cache_folder, open_decoded
 
 # Training squares are this much larger than the model input, so that crops have room.
 TRAIN_MARGIN = 1.15
@@ -53,7 +53,7 @@ class GradeImages(Dataset):
         self.train = train
         self.preprocessing = preprocessing
         self.shape = tuple(round(side * TRAIN_MARGIN) for side in preprocessing.size) if train else preprocessing.size
-        cache = open_squares(split, self.shape, cfg.cache_dir or default_cache_folder(split))
+        cache = open_decoded(split, self.shape, cfg.cache_dir or default_cache_folder(split))
         self.cache_path, self._squares = cache.path, cache.squares
         # Images this object decoded (0 when it mapped an existing cache), and how long that took.
         self.decoded, self.decode_seconds = cache.decoded, cache.seconds

@@ -52,7 +52,8 @@ class CacheResult:
 
 def default_cache_folder(split) -> Path:
     """``squares/`` inside the dataset folder the split was loaded from (so `convert --overwrite` takes
-    its caches with it), or a folder in the temporary directory for a split that lives in memory."""
+    its caches with it), or a folder in the temporary directory for a split that lives in memory. The
+    folder keeps the name it had when every cached image was square, so existing caches are found."""
     files = split.cache_files
     if files:
         return Path(files[0]["filename"]).parent.parent / "squares"
@@ -69,7 +70,7 @@ def cache_file(split, shape: int | Shape, folder: str | os.PathLike) -> Path:
     return Path(folder) / f"{name}-{size}px-{digest}.npy"
 
 
-def open_squares(split, shape: int | Shape, folder: str | os.PathLike, workers: int | None = None) -> CacheResult:
+def open_decoded(split, shape: int | Shape, folder: str | os.PathLike, workers: int | None = None) -> CacheResult:
     """Every row of `split` resized to `shape` (one side, or (height, width)): mapped from the cache, built
     first if needed.
 

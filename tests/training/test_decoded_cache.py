@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-import spine_hf.training.square_cache as square_cache
+import spine_hf.training.decoded_cache as decoded_cache
 from spine_hf.data.convert import convert_to_dataset
 from spine_hf.data.dataset_folder import load_grade_dataset
 from spine_hf.data.imaging import decode_image
@@ -29,14 +29,14 @@ def dataset(tmp_path, phantom_split) -> Path:
 def decodes(tmp_path, monkeypatch) -> Path:
     """Counts calls of the decoder by the cache builder, in this process and in its forked workers."""
     tally = tmp_path / "decodes.txt"
-    real = square_cache.decode_cell  # the decoder, for one stored image
+    real = decoded_cache.decode_cell  # the decoder, for one stored image
 
     def counted(source):
         with open(tally, "a") as handle:  # appends from several processes stay whole lines
             handle.write("x\n")
         return real(source)
 
-    monkeypatch.setattr(square_cache, "decode_cell", counted)
+    monkeypatch.setattr(decoded_cache, "decode_cell", counted)
     return tally
 
 
@@ -46,13 +46,13 @@ def _count(tally: Path) -> int:
 
 def test_built_once_then_mapped_without_decoding(dataset, decodes):
     split = load_grade_dataset(dataset)["train"]
-    first = square_cache.open_squares(split, 40, dataset / "squares")
+    first = decoded_cache.open_decoded(split, 40, dataset / "squares")
     assert first.decoded == len(split) == _count(decodes)
     assert first.path.parent == dataset / "squares" and first.path.name.startswith("train-40px-")
     for index in (0, len(split) - 1):
         cell = split.cast_column("image", type(split.features["image"])(decode=False))[index]["image"]
         np.testing.assert_array_equal(first.squares[index], square(decode_image(cell["bytes"]), 40))
-    again = square_cache.open_squares(split, 40, dataset / "squares")
+    again = decoded_cache.open_decoded(split, 40, dataset / "squares")
     assert again.decoded == 0 and _count(decodes) == len(split)  # a second reader decodes nothing
     assert again.path == first.path and not again.squares.flags.writeable
     np.testing.assert_array_equal(again.squares, first.squares)
@@ -61,9 +61,9 @@ def test_built_once_then_mapped_without_decoding(dataset, decodes):
 
 def test_another_side_or_other_rows_get_their_own_cache(dataset, decodes):
     split = load_grade_dataset(dataset)["train"]
-    base = square_cache.open_squares(split, 40, dataset / "squares")
-    wider = square_cache.open_squares(split, 48, dataset / "squares")
-    fewer = square_cache.open_squares(split.select(range(5)), 40, dataset / "squares")
+    base = decoded_cache.open_decoded(split, 40, dataset / "squares")
+    wider = decoded_cache.open_decoded(split, 48, dataset / "squares")
+    fewer = decoded_cache.open_decoded(split.select(range(5)), 40, dataset / "squares")
     assert len({base.path, wider.path, fewer.path}) == 3
     assert wider.squares.shape == (len(split), 48, 48) and fewer.squares.shape == (5, 40, 40)
     assert wider.decoded == len(split) and fewer.decoded == 5
@@ -72,30 +72,30 @@ def test_another_side_or_other_rows_get_their_own_cache(dataset, decodes):
 
 def test_a_converted_again_split_never_reads_the_old_cache(tmp_path, phantom_split, phantom_pool):
     convert_to_dataset(phantom_split, tmp_path / "a")
-    old = square_cache.open_squares(load_grade_dataset(tmp_path / "a")["train"], 40, tmp_path / "shared")
+    old = decoded_cache.open_decoded(load_grade_dataset(tmp_path / "a")["train"], 40, tmp_path / "shared")
     # Other content under the same split name, written to the same cache folder.
     from spine_hf.data.split import split_dataset
 
     split_dataset(phantom_pool, tmp_path / "other", ratios=(0.3, 0.7, 0.0), seed=9)
     convert_to_dataset(tmp_path / "other", tmp_path / "b")
-    new = square_cache.open_squares(load_grade_dataset(tmp_path / "b")["train"], 40, tmp_path / "shared")
+    new = decoded_cache.open_decoded(load_grade_dataset(tmp_path / "b")["train"], 40, tmp_path / "shared")
     assert new.path != old.path and new.decoded == new.squares.shape[0]
 
 
 def test_a_truncated_or_foreign_cache_is_rebuilt(dataset, decodes, caplog):
     split = load_grade_dataset(dataset)["train"]
-    first = square_cache.open_squares(split, 40, dataset / "squares")
+    first = decoded_cache.open_decoded(split, 40, dataset / "squares")
     expected = np.array(first.squares)
     del first
-    path = square_cache.cache_file(split, 40, dataset / "squares")
+    path = decoded_cache.cache_file(split, 40, dataset / "squares")
     with open(path, "r+b") as handle:  # a copy cut short, as a full disk or a killed copy leaves it
         handle.truncate(path.stat().st_size - 1000)
-    rebuilt = square_cache.open_squares(split, 40, dataset / "squares")
+    rebuilt = decoded_cache.open_decoded(split, 40, dataset / "squares")
     assert rebuilt.decoded == len(split) and "damaged" in caplog.text
     np.testing.assert_array_equal(rebuilt.squares, expected)
     del rebuilt
     np.save(path, np.zeros((3, 40, 40), dtype=np.uint8))  # a valid .npy, but not this split's
-    assert square_cache.open_squares(split, 40, dataset / "squares").decoded == len(split)
+    assert decoded_cache.open_decoded(split, 40, dataset / "squares").decoded == len(split)
     assert _count(decodes) == 3 * len(split)
 
 
@@ -109,7 +109,7 @@ def test_rows_that_cannot_be_decoded_are_all_listed_and_no_cache_is_left(tmp_pat
             "label": [0, 1], "file": ["a.png", "b.png"], "patient": ["", ""]}  # fmt: skip
     split = datasets.Dataset.from_dict(rows, features=dataset_features())
     with pytest.raises(ValueError, match=r"(?s)2 images .*row 0 \(a\.png\).*row 1 \(b\.png\)"):
-        square_cache.open_squares(split, 16, tmp_path / "squares")
+        decoded_cache.open_decoded(split, 16, tmp_path / "squares")
     assert list((tmp_path / "squares").iterdir()) == []
 
 
