@@ -21,7 +21,8 @@ PROBABILITY_COLUMNS = tuple(f"p_{name}" for name in GRADE_NAMES)
 
 def read_oof_file(out: Path) -> dict:
     """A finished cross-validation's out-of-fold predictions, in pool order: each image's `split` and `row` in
-    the dataset, `fold`, `grade` (arrays) and `probabilities` (N x 5), from ``folds.csv`` and OOF_FILE.
+    the dataset, its `file` (``split/name``) and `patient` as the file names them, `fold`, `grade` (arrays) and
+    `probabilities` (N x 5), from ``folds.csv`` and OOF_FILE.
 
     Raises:
         ValueError: the two files do not list the same images.
@@ -35,6 +36,8 @@ def read_oof_file(out: Path) -> dict:
     return {
         "split": [row["split"] for row in folds],
         "row": [int(row["row"]) for row in folds],
+        "file": [row["file"] for row in oof],
+        "patient": [row["patient"] for row in oof],
         "fold": np.array([int(row["fold"]) for row in oof]),
         "grade": np.array([int(row["grade"]) for row in oof]),
         "probabilities": np.array([[float(row[c]) for c in PROBABILITY_COLUMNS] for row in oof]),

@@ -91,25 +91,23 @@ def audit_labels(cv_folder: str | os.PathLike, out: str | os.PathLike | None = N
     if len(present) > 1:  # cleanlab estimates the noise among the grades present (numbered 0..K-1 for it)
         among = probabilities[:, present] / probabilities[:, present].sum(axis=1, keepdims=True)
         flagged = find_label_issues(np.searchsorted(present, grades), among, filter_by="prune_by_noise_rate")
-    with (cv_folder / OOF_FILE).open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        rows = list(csv.DictReader(handle))
     shown = ranking[: max(0, show)]
     with staged_folder(out, overwrite) as staging:
-        _write_csv(staging / AUDIT_CSV, rows, ranking, probabilities, grades, quality, flagged)
+        _write_csv(staging / AUDIT_CSV, oof, ranking, quality, flagged)
         images = _thumbnails(data, oof, shown)
-        (staging / AUDIT_HTML).write_text(_sheet(rows, shown, images, probabilities, grades, quality, flagged,
-                                                 int(flagged.sum()), len(grades)), encoding="utf-8")  # fmt: skip
+        (staging / AUDIT_HTML).write_text(_sheet(oof, shown, images, quality, flagged), encoding="utf-8")
     return AuditReport(out, len(grades), int(flagged.sum()), len(shown), ranking)
 
 
-def _write_csv(path: Path, rows, ranking, probabilities, grades, quality, flagged) -> None:
+def _write_csv(path: Path, oof: dict, ranking, quality, flagged) -> None:
+    probabilities, grades = oof["probabilities"], oof["grade"]
     with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["rank", "file", "patient", "fold", "given_grade", "predicted_grade", "p_given",
                          "p_predicted", "label_quality", "flagged"])  # fmt: skip
         for rank, i in enumerate(ranking, start=1):
             predicted = int(probabilities[i].argmax())
-            writer.writerow([rank, rows[i]["file"], rows[i]["patient"], rows[i]["fold"], int(grades[i]), predicted,
+            writer.writerow([rank, oof["file"][i], oof["patient"][i], int(oof["fold"][i]), int(grades[i]), predicted,
                              f"{probabilities[i, grades[i]]:.6f}", f"{probabilities[i, predicted]:.6f}",
                              f"{quality[i]:.6f}", bool(flagged[i])])  # fmt: skip
 
@@ -130,8 +128,10 @@ def _thumbnails(data, oof: dict, positions: list[int]) -> dict[int, str]:
     return found
 
 
-def _sheet(rows, shown, images, probabilities, grades, quality, flagged, n_flagged: int, count: int) -> str:
+def _sheet(oof: dict, shown, images, quality, flagged) -> str:
     """The contact sheet: one card per image, most suspicious first."""
+    probabilities, grades = oof["probabilities"], oof["grade"]
+    count, n_flagged = len(grades), int(flagged.sum())
     cards = []
     for rank, i in enumerate(shown, start=1):
         given, predicted = int(grades[i]), int(probabilities[i].argmax())
@@ -142,8 +142,8 @@ def _sheet(rows, shown, images, probabilities, grades, quality, flagged, n_flagg
         )
         cards.append(
             f'<figure class="{"flagged" if flagged[i] else ""}"><img src="{images[i]}" alt="">'
-            f"<figcaption><b>#{rank}</b> {html.escape(rows[i]['file'])}<br>patient {html.escape(rows[i]['patient'])},"
-            f" fold {html.escape(rows[i]['fold'])}<br>given <b>{given} {GRADE_NAMES[given]}</b>, predicted "
+            f"<figcaption><b>#{rank}</b> {html.escape(oof['file'][i])}<br>patient {html.escape(oof['patient'][i])},"
+            f" fold {int(oof['fold'][i])}<br>given <b>{given} {GRADE_NAMES[given]}</b>, predicted "
             f"<b>{predicted} {GRADE_NAMES[predicted]}</b><br>quality {quality[i]:.3f}"
             f"{' (flagged)' if flagged[i] else ''}{bars}</figcaption></figure>"
         )

@@ -31,6 +31,7 @@ def test_the_file_reads_back_in_pool_order_with_its_dataset_rows(tmp_path):
     probabilities = _write(tmp_path, ROWS, ["train/a.png", "train/b.png", "validation/c.png"])
     oof = read_oof_file(tmp_path)
     assert oof["split"] == ["train", "train", "validation"] and oof["row"] == [0, 1, 0]
+    assert oof["file"] == ["train/a.png", "train/b.png", "validation/c.png"] and oof["patient"] == ["p1", "p2", "p3"]
     assert oof["fold"].tolist() == [1, 0, 1] and oof["grade"].tolist() == [0, 3, 4]
     np.testing.assert_allclose(oof["probabilities"], probabilities, atol=1e-6)
     assert PROBABILITY_COLUMNS == ("p_Healthy", "p_Doubtful", "p_Minimal", "p_Moderate", "p_Severe")
