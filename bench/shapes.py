@@ -1,7 +1,7 @@
 """`python -m bench shapes`: which input shape grades tall films best, by out-of-fold QWK at the same time budget.
 
-Three arms of `spine-hf cv` with `configs/spine-cpu.yaml` on the same folds (the same dataset, patients and
-seed): the films squashed into a square of S x S pixels, the films' median aspect at about the same pixel
+Three arms of `spine-hf cv` with `configs/spine-cpu.yaml` and `--model` on the same folds (the same dataset,
+patients and seed): the films squashed into a square of S x S pixels, the films' median aspect at about the same pixel
 count (`model.aspect: data`), and that aspect at about 2.5 times the pixels. Each fold trains under the
 same time budget, so a larger input pays for its pixels in epochs. Reported: each arm's shape and
 out-of-fold QWK with its interval, and each tall arm's gain over the square, paired on the same images
@@ -44,7 +44,7 @@ def bench_shapes(args, report: Report, work: Path, tree: Path) -> None:
         size = round(side * math.sqrt(pixels))
         cfg = parse_config(["--config_path", str(REPO_CONFIGS / RECIPE), f"--data.dataset={dataset}",
                             f"--train.output_dir={out}", f"--train.time_budget_minutes={args.budget_minutes}",
-                            f"--model.aspect={aspect}", f"--model.image_size={size}",
+                            f"--model.name={args.model}", f"--model.aspect={aspect}", f"--model.image_size={size}",
                             *(["--train.mixed_precision=no"] if args.precision == "fp32" else [])])  # fmt: skip
         if not (args.reuse_runs and (out / CV_METRICS_FILE).is_file()):
             start = time.perf_counter()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,9 @@ _CAPTURED: list[str] = []
 
 REPO = Path(__file__).resolve().parents[1]
 KNEE = REPO.parent / "shared" / "data" / "knee-kl224"
+# What a whole run may write under its temporary folder (one wrote 1.1 GiB): `pytest_sessionfinish` fails a
+# run that writes more. A run writing 5 GiB once filled a CI machine's disk, and every test after it errored.
+RUN_WRITES_AT_MOST_GIB = 2
 
 
 @pytest.fixture(scope="session")
@@ -157,17 +162,56 @@ def pytest_runtest_logreport(report):
         _CAPTURED.append(f"--- {report.nodeid} {report.when} failure\n{report.longrepr}")
 
 
+def pytest_report_header(config):
+    """Free disk where the run writes: a run that fills it errors in every test that writes anything after."""
+    base = Path(config.option.basetemp or tempfile.gettempdir())
+    free = shutil.disk_usage(base if base.exists() else base.parent).free / 2**30
+    return f"free disk under {base}: {free:.1f} GiB (a whole run may write up to {RUN_WRITES_AT_MOST_GIB} GiB there)"
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """Search the run's captured output and written files for the planted token; keep the log."""
+    """Search the run's captured output and written files for the planted token; keep the log; fail a run
+    that wrote more than `RUN_WRITES_AT_MOST_GIB`, naming its biggest folders.
+
+    Nothing here may raise: pytest would print a traceback instead of the summary of what failed."""
     log = "\n".join(_CAPTURED)
-    (REPO / "outputs").mkdir(exist_ok=True)
-    (REPO / "outputs" / "test-run.log").write_text(log, encoding="utf-8", errors="backslashreplace")
+    try:
+        (REPO / "outputs").mkdir(exist_ok=True)
+        (REPO / "outputs" / "test-run.log").write_text(log, encoding="utf-8", errors="backslashreplace")
+    except OSError as err:
+        print(f"\ncould not keep the run's log in outputs/test-run.log: {err}", file=sys.stderr)
     leaks = [block.split("\n", 1)[0] for block in _CAPTURED if PLANTED_TOKEN in block]
     factory = getattr(session.config, "_tmp_path_factory", None)
     basetemp = factory.getbasetemp() if factory is not None and factory._basetemp is not None else None
-    token = PLANTED_TOKEN.encode()
-    files = [p for p in (basetemp.rglob("*") if basetemp else ()) if p.is_file() and not p.is_symlink()]
-    leaks += [str(p) for p in files if p.stat().st_size < 200_000_000 and token in p.read_bytes()]
+    found, written = _search_written(basetemp, PLANTED_TOKEN.encode()) if basetemp else ([], {})
+    leaks += found
     if leaks:
         print("\nTHE PLANTED HUB TOKEN LEAKED INTO:\n  " + "\n  ".join(leaks), file=sys.stderr)
         session.exitstatus = 1
+    total = sum(written.values())
+    if total > RUN_WRITES_AT_MOST_GIB * 2**30:
+        biggest = sorted(written.items(), key=lambda item: -item[1])[:5]
+        print(f"\nTHE RUN WROTE {total / 2**20:.0f} MiB under {basetemp}, more than {RUN_WRITES_AT_MOST_GIB} GiB: "
+              "a machine with little free disk fails every test after it fills up. Biggest folders:\n  "
+              + "\n  ".join(f"{name}: {size / 2**20:.0f} MiB" for name, size in biggest), file=sys.stderr)  # fmt: skip
+        session.exitstatus = 1
+
+
+def _search_written(root: Path, token: bytes) -> tuple[list[str], dict[str, int]]:
+    """Files under `root` whose bytes hold `token` (or that could not be searched), and the bytes written in
+    each of `root`'s folders."""
+    found, written = [], {}
+    for path in root.rglob("*"):
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            size = path.stat().st_size
+            top = path.relative_to(root).parts[0]
+            written[top] = written.get(top, 0) + size
+            if size < 200_000_000 and token in path.read_bytes():
+                found.append(str(path))
+        except FileNotFoundError:  # removed while the search ran: it holds nothing now
+            continue
+        except OSError as err:
+            found.append(f"{path} (could not be searched: {err})")
+    return found, written

@@ -257,10 +257,11 @@ def test_the_usual_recipes_schedule_is_the_scripts_linear_decay():
     assert ours(25) == 0.5 and ours(50) == 0.0
 
 
-@pytest.mark.timeout(600)  # four short trainings and the whole comparison: about 200 s on an AVX-512 machine
+@pytest.mark.timeout(600)  # four short trainings and the whole comparison
 def test_bench_cv_compares_one_split_with_out_of_fold_and_the_ensemble(tmp_path, capsys):
-    args = ["cv", "--phantoms-per-grade", "14", "--folds", "2", "--budget-minutes", "0.15", "--precision", "fp32",
-            "--work", str(tmp_path / "work"), "--json", str(tmp_path / "cv.json"), "--distill", "0.5"]  # fmt: skip
+    args = ["cv", "--model", "test_resnet", "--phantoms-per-grade", "14", "--folds", "2", "--budget-minutes", "0.15",
+            "--precision", "fp32", "--work", str(tmp_path / "work"), "--json", str(tmp_path / "cv.json"),
+            "--distill", "0.5"]  # fmt: skip
     assert main(args) == 0
     result = json.loads((tmp_path / "cv.json").read_text())
     ratios, numbers = result["ratios"], result["numbers"]
@@ -292,8 +293,8 @@ def test_bench_shapes_compares_a_square_with_the_films_aspect_on_the_same_folds(
     make_phantoms(tmp_path / "pool", per_grade=4, seed=2, size=96, view="ap")
     split_dataset(tmp_path / "pool", tmp_path / "tree", ratios=(0.7, 0.3, 0.0), seed=0)
     convert_to_dataset(tmp_path / "tree", tmp_path / "dataset")
-    args = ["shapes", "--data", str(tmp_path / "dataset"), "--image-size", "64", "--folds", "2", "--budget-minutes",
-            "0.05", "--precision", "fp32", "--work", str(tmp_path / "work"),
+    args = ["shapes", "--model", "test_resnet", "--data", str(tmp_path / "dataset"), "--image-size", "64",
+            "--folds", "2", "--budget-minutes", "0.05", "--precision", "fp32", "--work", str(tmp_path / "work"),
             "--json", str(tmp_path / "shapes.json")]  # fmt: skip
     assert main(args) == 0
     numbers = json.loads((tmp_path / "shapes.json").read_text())["numbers"]
