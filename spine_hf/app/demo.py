@@ -13,8 +13,10 @@ otherwise, and uploads are limited in size and in pixels.
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import io
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -118,11 +120,18 @@ def _shown_file(image: Image.Image) -> str:
     data = buffer.getvalue()
     with _lock:
         if _shown_dir is None:
-            _shown_dir = Path(tempfile.mkdtemp(prefix="spine-hf-shown-"))
+            _shown_dir = _scratch_folder("spine-hf-shown-")
     path = _shown_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
     if not path.exists():
         publish_file(path, data)
     return str(path)
+
+
+def _scratch_folder(prefix: str) -> Path:
+    """A new temporary folder that is removed when the process exits (the app serves files from it until then)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def preview_push(model: str, repo_id: str, private: bool):
@@ -185,7 +194,7 @@ def build_app(model: str | None = None, examples_dir: str | Path | None = None, 
     model to the Hub (a Space serves a model that is already there)."""
     if model is None:
         model = DEFAULT_MODEL if Path(DEFAULT_MODEL).is_dir() else ""
-    examples = make_examples(Path(examples_dir or tempfile.mkdtemp(prefix="spine-hf-examples-")))
+    examples = make_examples(Path(examples_dir) if examples_dir else _scratch_folder("spine-hf-examples-"))
     with gr.Blocks(title="spine-hf: radiograph severity grading") as app:
         gr.Markdown("# spine-hf — radiograph severity grading")
         gr.Markdown(NOTICE)
