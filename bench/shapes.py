@@ -1,9 +1,9 @@
 """`python -m bench shapes`: which input shape grades tall films best, by out-of-fold QWK at the same time budget.
 
 Three arms of `spine-hf cv` with `configs/spine-cpu.yaml` and `--model` on the same folds (the same dataset,
-patients and seed): the films squashed into a square of S x S pixels, the films' median aspect at about the same pixel
-count (`model.aspect: data`), and that aspect at about 2.5 times the pixels. Each fold trains under the
-same time budget, so a larger input pays for its pixels in epochs. Reported: each arm's shape and
+patients and seed): the films squashed into a square of S x S pixels, the films' median aspect at about the
+same pixel count (`model.aspect: data`), and that aspect at about 2.5 times the pixels. Each fold trains
+under the same time budget, so a larger input pays for its pixels in epochs. Reported: each arm's shape and
 out-of-fold QWK with its interval, and each tall arm's gain over the square, paired on the same images
 with a 95 % interval that resamples patients.
 """

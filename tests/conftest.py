@@ -7,6 +7,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -165,7 +166,7 @@ def pytest_runtest_logreport(report):
 def pytest_report_header(config):
     """Free disk where the run writes: a run that fills it errors in every test that writes anything after."""
     base = Path(config.option.basetemp or tempfile.gettempdir())
-    free = shutil.disk_usage(base if base.exists() else base.parent).free / 2**30
+    free = shutil.disk_usage(next(p for p in (base, *base.parents) if p.exists())).free / 2**30
     return f"free disk under {base}: {free:.1f} GiB (a whole run may write up to {RUN_WRITES_AT_MOST_GIB} GiB there)"
 
 
@@ -183,31 +184,31 @@ def pytest_sessionfinish(session, exitstatus):
     leaks = [block.split("\n", 1)[0] for block in _CAPTURED if PLANTED_TOKEN in block]
     factory = getattr(session.config, "_tmp_path_factory", None)
     basetemp = factory.getbasetemp() if factory is not None and factory._basetemp is not None else None
-    found, written = _search_written(basetemp, PLANTED_TOKEN.encode()) if basetemp else ([], {})
+    found, written = _search_written(basetemp, PLANTED_TOKEN.encode()) if basetemp else ([], Counter())
     leaks += found
     if leaks:
         print("\nTHE PLANTED HUB TOKEN LEAKED INTO:\n  " + "\n  ".join(leaks), file=sys.stderr)
         session.exitstatus = 1
     total = sum(written.values())
     if total > RUN_WRITES_AT_MOST_GIB * 2**30:
-        biggest = sorted(written.items(), key=lambda item: -item[1])[:5]
         print(f"\nTHE RUN WROTE {total / 2**20:.0f} MiB under {basetemp}, more than {RUN_WRITES_AT_MOST_GIB} GiB: "
               "a machine with little free disk fails every test after it fills up. Biggest folders:\n  "
-              + "\n  ".join(f"{name}: {size / 2**20:.0f} MiB" for name, size in biggest), file=sys.stderr)  # fmt: skip
+              + "\n  ".join(f"{name}: {size / 2**20:.0f} MiB" for name, size in written.most_common(5)),
+              file=sys.stderr)  # fmt: skip
         session.exitstatus = 1
 
 
-def _search_written(root: Path, token: bytes) -> tuple[list[str], dict[str, int]]:
+def _search_written(root: Path, token: bytes) -> tuple[list[str], Counter[str]]:
     """Files under `root` whose bytes hold `token` (or that could not be searched), and the bytes written in
     each of `root`'s folders."""
-    found, written = [], {}
+    found, written = [], Counter()
     for path in root.rglob("*"):
         try:
             if not path.is_file() or path.is_symlink():
                 continue
             size = path.stat().st_size
             top = path.relative_to(root).parts[0]
-            written[top] = written.get(top, 0) + size
+            written[top] += size
             if size < 200_000_000 and token in path.read_bytes():
                 found.append(str(path))
         except FileNotFoundError:  # removed while the search ran: it holds nothing now
